@@ -1,0 +1,1 @@
+"""The ``ballast`` command line: thin Typer shells over the libraries."""

@@ -1,0 +1,58 @@
+"""Entry point of the ``ballast`` command.
+
+Each command group lives in its own module and is registered here. Errors
+from the libraries reach the user as one clear line and a non-zero exit
+code, never as a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from orchestrator import __version__
+from orchestrator.errors import BallastError
+
+
+class _BallastGroup(TyperGroup):
+    """Root group that turns Ballast's own errors into one clear line."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BallastError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+
+
+app = typer.Typer(
+    name="ballast",
+    cls=_BallastGroup,
+    pretty_exceptions_show_locals=False,
+    help="Ballast: memory orchestrator for Xen hosts (dom0 controller, guest agent, tools).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"ballast {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", callback=_version_callback,
+        is_eager=True,
+    ),
+) -> None:
+    """Ballast: memory orchestrator for Xen hosts."""
+
+
+def main() -> None:
+    """Run the ``ballast`` command."""
+    app()
