@@ -53,6 +53,11 @@ def _root(
     """Ballast: memory orchestrator for Xen hosts."""
 
 
+from orchestrator.cli import config_cmd  # noqa: E402
+
+app.add_typer(config_cmd.app, name="config")
+
+
 def main() -> None:
     """Run the ``ballast`` command."""
     app()
