@@ -1,0 +1,188 @@
+"""Rollups of raw samples into 1-minute and 1-hour series, and retention.
+
+Each rollup row holds, per figure, the min, max, mean and last value of the
+raw samples in its bucket, and `n`, how many samples there were. Rollups are
+computed from raw samples by SQL, one chunk of closed buckets per
+transaction; a per-resolution mark (`rollup_marks.through_ms`) records how
+far they are done, so the work is incremental, survives a crash (mark and
+rows commit together) and catches up after downtime. A sample that arrives
+after its bucket was rolled up makes the store recompute that bucket.
+
+Raw samples are pruned only behind both marks, so no sample is deleted before
+it is rolled up, whatever the retention settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from orchestrator.store.records import ALL_FIGURES, Resolution
+from orchestrator.store.schema import domains, rollup_marks, rollups, samples
+
+ROLLUP_RESOLUTIONS: tuple[Resolution, ...] = (Resolution.MINUTE, Resolution.HOUR)
+AGGREGATES = ("min", "max", "mean", "last")
+
+# Column order of the rollups table after (res_s, domain_id, t_ms, n).
+ROLLUP_FIGURE_COLUMNS: tuple[str, ...] = tuple(
+    f"{fig.column}_{agg}" for fig in ALL_FIGURES for agg in AGGREGATES
+)
+
+
+def bucket_start(t_ms: int, res: Resolution) -> int:
+    """Start (ms) of the bucket of resolution `res` holding `t_ms`."""
+    step = res.value * 1000
+    return t_ms - t_ms % step
+
+
+def aggregate_select(
+    res: Resolution,
+    start_ms: int,
+    end_ms: int,
+    domain_ids: Sequence[int] | None = None,
+) -> Select[Any]:
+    """Rollup rows of raw samples in [start_ms, end_ms), in the rollups' column order.
+
+    Without `domain_ids`, the query is driven from `domains`, so each domain's
+    samples are one primary-key range scan rather than a scan of the table.
+    """
+    # The step is inlined (not a bound parameter) so the GROUP BY expression is
+    # textually the selected one, as PostgreSQL requires; `//` on integers is
+    # integer division on both engines.
+    step = literal_column(str(res.value * 1000), BigInteger)
+    s = samples
+    bucket_expr = (s.c.t_ms // step) * step
+    bucket = bucket_expr.label("t_ms")
+    in_range = and_(s.c.t_ms >= start_ms, s.c.t_ms < end_ms)
+    aggs: list[ColumnElement[object]] = []
+    for fig in ALL_FIGURES:
+        col = s.c[fig.column]
+        mean: ColumnElement[object] = func.avg(col)
+        if fig.is_kb:
+            mean = cast(func.round(mean), BigInteger)
+        aggs += [
+            func.min(col).label(f"{fig.column}_min"),
+            func.max(col).label(f"{fig.column}_max"),
+            mean.label(f"{fig.column}_mean"),
+        ]
+    grouped = select(
+        s.c.domain_id,
+        bucket,
+        func.count().label("n"),
+        func.max(s.c.t_ms).label("last_t"),
+        *aggs,
+    )
+    if domain_ids is None:
+        grouped = grouped.select_from(
+            domains.join(s, and_(s.c.domain_id == domains.c.id, in_range))
+        )
+    else:
+        grouped = grouped.where(s.c.domain_id.in_(list(domain_ids)), in_range)
+    g = grouped.group_by(s.c.domain_id, bucket_expr).subquery("g")
+    last = samples.alias("last_sample")
+    columns: list[ColumnElement[Any]] = [
+        literal(res.value).label("res_s"),
+        g.c.domain_id,
+        g.c.t_ms,
+        g.c.n,
+    ]
+    for fig in ALL_FIGURES:
+        columns += [
+            g.c[f"{fig.column}_min"],
+            g.c[f"{fig.column}_max"],
+            g.c[f"{fig.column}_mean"],
+            last.c[fig.column].label(f"{fig.column}_last"),
+        ]
+    return select(*columns).select_from(
+        g.join(last, and_(last.c.domain_id == g.c.domain_id, last.c.t_ms == g.c.last_t))
+    )
+
+
+def recompute(
+    conn: Connection,
+    res: Resolution,
+    start_ms: int,
+    end_ms: int,
+    domain_ids: Sequence[int] | None = None,
+) -> int:
+    """Replace the rollup rows of [start_ms, end_ms) (optionally of some domains)."""
+    cond = and_(rollups.c.res_s == res.value, rollups.c.t_ms >= start_ms, rollups.c.t_ms < end_ms)
+    if domain_ids is not None:
+        cond = and_(cond, rollups.c.domain_id.in_(list(domain_ids)))
+    conn.execute(delete(rollups).where(cond))
+    names = ["res_s", "domain_id", "t_ms", "n", *ROLLUP_FIGURE_COLUMNS]
+    result = conn.execute(
+        insert(rollups).from_select(names, aggregate_select(res, start_ms, end_ms, domain_ids))
+    )
+    return max(result.rowcount, 0)
+
+
+def read_marks(conn: Connection) -> dict[Resolution, int]:
+    """How far each resolution is rolled up (ms; absent: never)."""
+    rows = conn.execute(select(rollup_marks.c.res_s, rollup_marks.c.through_ms)).all()
+    return {Resolution(int(r.res_s)): int(r.through_ms) for r in rows}
+
+
+def earliest_sample_ms(conn: Connection, *, at_or_after: int | None = None) -> int | None:
+    """Time of the oldest raw sample (at or after `at_or_after`), found by one
+    primary-key seek per domain rather than a scan of the table."""
+    s = samples
+    cond = s.c.domain_id == domains.c.id
+    if at_or_after is not None:
+        cond = and_(cond, s.c.t_ms >= at_or_after)
+    per_domain = select(func.min(s.c.t_ms)).where(cond).scalar_subquery()
+    value = conn.execute(select(func.min(per_domain)).select_from(domains)).scalar()
+    return None if value is None else int(value)
+
+
+def lock_mark(conn: Connection, res: Resolution, initial: Callable[[], int]) -> int:
+    """Read a resolution's mark inside the caller's write transaction, creating
+    it at `initial()` when missing; on PostgreSQL the row stays locked until
+    commit, so two hosts never roll up the same chunk at once."""
+    query = select(rollup_marks.c.through_ms).where(rollup_marks.c.res_s == res.value)
+    current = conn.execute(query.with_for_update()).scalar()
+    if current is not None:
+        return int(current)
+    start = initial()
+    # Two hosts may both find the mark missing: the loser's insert is ignored
+    # and it locks the winner's row instead.
+    ins = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(rollup_marks)
+    conn.execute(ins.values(res_s=res.value, through_ms=start).on_conflict_do_nothing())
+    return int(conn.execute(query.with_for_update()).scalar_one())
+
+
+def set_mark(conn: Connection, res: Resolution, through_ms: int) -> None:
+    """Record that `res` is rolled up through `through_ms`."""
+    conn.execute(
+        update(rollup_marks).where(rollup_marks.c.res_s == res.value).values(through_ms=through_ms)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PruneCutoffs:
+    """Everything older than these (ms) is deleted."""
+
+    raw_ms: int
+    minute_ms: int
+    hour_ms: int
+    decisions_ms: int
+    events_ms: int
