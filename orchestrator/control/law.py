@@ -1,0 +1,571 @@
+"""``decide``: one snapshot, one policy, the carried state -> one plan.
+
+The pipeline per VM (docs/control.md has the full story):
+
+1. guards: progress score from the allocation's movement (inactive,
+   uncooperative);
+2. data: a fresh report runs the VM's estimator; a stale one holds the last
+   good target; no data for ``dead_s`` drifts towards the policy fallback;
+   guests with only ``~/data/meminfo_*`` use the ``basic`` estimator;
+3. the law in pages: step from ``cur = MemTotal`` towards the goal with the
+   kernel's hysteresis (or the estimator's own increment), apply the kernel's
+   floor, convert to balloon units with ``+ (balloon_current - totalram)``;
+   shrinks only once per interval, growth at once;
+4. pacing and bounds: maximum step, policy min/max, no more for an
+   uncooperative VM, dead-band;
+5. the frontswap self-shrink law, once per interval;
+
+then the host: fixed, off, paused and stuck VMs are charged what they hold,
+reservations and the rest are shared by weighted water-filling, and the
+writes are ordered shrinks first. Pure: no I/O, no clock, no logging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from agents.schema import MAX_MEMORY_KB, Directive, Report
+from orchestrator.control import estimators, guards, kernel
+from orchestrator.control.arbitration import Claim, share
+from orchestrator.control.estimators import Estimate, Figures
+from orchestrator.control.plan import HostPlan, Plan, Reason, ReservationPlan, VmPlan, VmState
+from orchestrator.control.policy import (
+    EffectiveVmPolicy,
+    Estimator,
+    HostPolicy,
+    Mode,
+    Policy,
+    resolve,
+)
+from orchestrator.control.snapshot import Snapshot, VmObservation
+from orchestrator.control.state import ControlState, Signals, VmMemory
+
+# A cycle that arrives up to 10 % early still counts as the next interval, so
+# a controller whose timer jitters does not halve the kernel's pace.
+STEP_JITTER_FRACTION: Final = 0.1
+
+
+@dataclass(slots=True)
+class _Vm:
+    """Working record of one VM while the plan is built (never escapes)."""
+
+    obs: VmObservation
+    eff: EffectiveVmPolicy
+    actual_kb: int
+    current_kb: int
+    want_kb: int
+    reason: Reason
+    state: VmState
+    estimator: Estimator | None
+    demand_kb: int | None
+    pressure: bool
+    directive: Directive | None
+    memory: VmMemory
+    kind: str  # "flex" (shared by weight), "must" (fixed target), "hold" (charged what it holds)
+
+
+def host_budget_kb(snapshot: Snapshot, host: HostPolicy) -> int:
+    """What the guests may hold together, in memory/target units, KiB.
+
+    ``free + sum(actual - memory_offset) - dom0_reserve - free_margin``: when
+    every VM has reached its target, the hypervisor then still has the dom0
+    reserve and the free margin free.
+    """
+    held = sum(vm.actual_target_kb for vm in snapshot.vms)
+    return snapshot.host_free_kb + held - host.dom0_reserve_kb - host.free_margin_kb
+
+
+def host_capacity_kb(snapshot: Snapshot, host: HostPolicy) -> int:
+    """The budget before reservations: what validation checks minimums against."""
+    return host_budget_kb(snapshot, host)
+
+
+def decide(snapshot: Snapshot, policy: Policy, state: ControlState | None = None) -> Plan:
+    """Decide every VM's target and directive for one cycle."""
+    carried = state if state is not None else ControlState()
+    host = policy.host
+    resolved: dict[tuple[int, int], EffectiveVmPolicy] = {}
+    work: list[_Vm] = []
+    for obs in sorted(snapshot.vms, key=lambda vm: vm.domid):
+        vm_policy = policy.vm(obs.uuid)
+        key = (id(vm_policy), obs.static_max_kb)
+        eff = resolved.get(key)
+        if eff is None:
+            eff = resolve(vm_policy, host.defaults, obs.static_max_kb)
+            resolved[key] = eff
+        work.append(_decide_vm(obs, eff, carried.get(obs.uuid), host, snapshot.now_s))
+    return _arbitrate(snapshot, host, work)
+
+
+# ---------------------------------------------------------------------------
+# Per VM
+
+
+def _decide_vm(
+    obs: VmObservation,
+    eff: EffectiveVmPolicy,
+    prev: VmMemory | None,
+    host: HostPolicy,
+    now_s: float,
+) -> _Vm:
+    actual = obs.actual_target_kb
+    current = obs.target_kb if obs.target_kb is not None and obs.target_kb >= 0 else actual
+    if prev is not None and prev.domid != obs.domid:
+        # A new domain under the same uuid (reboot, migration): only the
+        # directive sequence survives, so the agent never sees a number twice.
+        prev = VmMemory(
+            domid=obs.domid, last_seen_s=now_s, last_actual_kb=actual,
+            directive_seq=prev.directive_seq,
+        )
+    not_scored = host.paused or obs.paused or eff.mode is Mode.OFF
+    score, uncooperative = _progress(prev, obs, actual, current, now_s, host, not_scored)
+    inactive = score >= guards.INACTIVE_AFTER_S
+
+    fig = estimators.figures_of(obs.report) if obs.report is not None else None
+    report, signals = _remember_report(prev, obs, fig)
+    directive_seq = max(
+        prev.directive_seq if prev is not None else 0, obs.directive_seq or 0
+    )
+    last_step_s = prev.last_step_s if prev is not None else None
+    swap_last = prev.swap_last_pages if prev is not None else 0
+    swap_counter = prev.swap_counter if prev is not None else 0
+    last_target = prev.last_target_kb if prev is not None else None
+
+    def held(reason: Reason, vm_state: VmState) -> _Vm:
+        memory = VmMemory(
+            domid=obs.domid, last_seen_s=now_s, last_actual_kb=actual, stuck_score_s=score,
+            uncooperative=uncooperative, last_step_s=last_step_s, last_target_kb=last_target,
+            report=report, signals=signals, swap_last_pages=swap_last,
+            swap_counter=swap_counter, directive_seq=directive_seq,
+        )
+        return _Vm(
+            obs=obs, eff=eff, actual_kb=actual, current_kb=current, want_kb=current,
+            reason=reason, state=vm_state, estimator=None, demand_kb=None, pressure=False,
+            directive=None, memory=memory, kind="hold",
+        )
+
+    if host.paused:
+        return held(Reason.PAUSED, VmState.PAUSED)
+    if eff.mode is Mode.OFF:
+        return held(Reason.OFF, VmState.OFF)
+    if obs.paused:
+        return held(Reason.DOMAIN_PAUSED, VmState.PAUSED)
+
+    due = _due(last_step_s, now_s, host.interval_s)
+    age = obs.report_age_s
+    fresh = fig is not None and age is not None and age <= host.stale_s
+    estimator: Estimator | None = None
+    demand: int | None = None
+    pressure = False
+    directive: Directive | None = None
+    stepped = False
+
+    if eff.mode is Mode.FIXED:
+        target = eff.target_kb if eff.target_kb is not None else current
+        reason, vm_state, kind = Reason.FIXED, VmState.FIXED, "must"
+    else:
+        kind = "flex"
+        vm_state = VmState.OK
+        basic_data = _basic_figures(obs, fig if fresh else None, eff, host)
+        report_dead = obs.report is None or (age is not None and age > host.dead_s)
+        if fresh and eff.estimator is not Estimator.BASIC:
+            assert fig is not None
+            estimator = eff.estimator
+            target, demand, reason, pressure = _run_law(
+                obs, eff, fig, signals, host.interval_s, current, due
+            )
+            stepped = due
+        elif basic_data is not None and (fresh or report_dead):
+            estimator = Estimator.BASIC
+            target, demand, reason = _run_basic(obs, eff, basic_data, actual, current, due)
+            stepped = due
+        elif obs.report is not None and not report_dead:
+            # Stale (or unknown age, or a report that cannot be used): hold.
+            target = last_target if last_target is not None else current
+            reason = Reason.STALE if fig is not None else Reason.INVALID_REPORT
+            vm_state = VmState.STALE
+        else:
+            target, reason = _drift(eff, current, due)
+            reason = Reason.NO_DATA if obs.report is None else reason
+            vm_state = VmState.DEAD
+            stepped = due
+        target, reason = _pace(target, reason, current, eff, due)
+
+    # Bounds: the policy min and max always win (validation keeps them sane).
+    if target < eff.min_kb:
+        target, reason = eff.min_kb, Reason.AT_MIN
+    elif target > eff.max_kb:
+        target, reason = eff.max_kb, Reason.AT_MAX
+
+    if uncooperative:
+        # Keeps what it holds (or was last given), gets no more.
+        cap = max(current, actual, eff.min_kb)
+        if target > cap:
+            target, reason = cap, Reason.UNCOOPERATIVE
+        vm_state = VmState.UNCOOPERATIVE if vm_state is not VmState.FIXED else vm_state
+    elif inactive and vm_state is VmState.OK:
+        vm_state = VmState.INACTIVE
+
+    if (
+        kind == "flex"
+        and target != current
+        and abs(target - current) < eff.deadband_kb
+        and eff.min_kb <= current <= eff.max_kb
+    ):
+        target, reason = current, Reason.DEADBAND
+
+    if eff.swap_shrink and fresh and due and fig is not None:
+        swap_pages = kernel.kb_to_pages(
+            fig.frontswap_kb if fig.frontswap_kb is not None else fig.swap_used_kb
+        )
+        new_swap, shrink_to = kernel.frontswap_tick(
+            kernel.FrontswapState(last_pages=swap_last, counter=swap_counter), swap_pages
+        )
+        swap_last, swap_counter = new_swap.last_pages, new_swap.counter
+        stepped = True
+        if shrink_to is not None:
+            directive_seq += 1
+            directive = Directive(seq=directive_seq, swap_target_kb=kernel.pages_to_kb(shrink_to))
+
+    if (uncooperative or inactive) and actual > target:
+        kind = "hold"  # it is not moving: charge what it holds, do not count on it
+    memory = VmMemory(
+        domid=obs.domid, last_seen_s=now_s, last_actual_kb=actual, stuck_score_s=score,
+        uncooperative=uncooperative, last_step_s=now_s if stepped else last_step_s,
+        last_target_kb=last_target, report=report, signals=signals,
+        swap_last_pages=swap_last, swap_counter=swap_counter, directive_seq=directive_seq,
+    )
+    return _Vm(
+        obs=obs, eff=eff, actual_kb=actual, current_kb=current, want_kb=target,
+        reason=reason, state=vm_state, estimator=estimator, demand_kb=demand,
+        pressure=pressure, directive=directive, memory=memory, kind=kind,
+    )
+
+
+def _progress(
+    prev: VmMemory | None,
+    obs: VmObservation,
+    actual: int,
+    current: int,
+    now_s: float,
+    host: HostPolicy,
+    not_scored: bool,
+) -> tuple[float, bool]:
+    if prev is None:
+        return 0.0, False  # a new VM is making progress (squeezed does the same)
+    if not_scored:
+        return prev.stuck_score_s, prev.uncooperative
+    result = guards.track(
+        score_s=prev.stuck_score_s,
+        uncooperative=prev.uncooperative,
+        last_actual_kb=prev.last_actual_kb,
+        actual_kb=actual,
+        target_kb=current,
+        elapsed_s=now_s - prev.last_seen_s,
+        interval_s=host.interval_s,
+    )
+    return result.score_s, result.uncooperative
+
+
+def _remember_report(
+    prev: VmMemory | None, obs: VmObservation, fig: Figures | None
+) -> tuple[Report | None, Signals | None]:
+    """The report to carry and the signals of the current one."""
+    if obs.report is None or fig is None:
+        return (prev.report if prev is not None else None), (
+            prev.signals if prev is not None else None
+        )
+    if prev is not None and prev.report is obs.report:
+        return prev.report, prev.signals
+    previous = None
+    if prev is not None and prev.report is not None:
+        previous = estimators.figures_of(prev.report)
+        if previous is not None and previous.seq == fig.seq and previous.uptime_s == fig.uptime_s:
+            return obs.report, prev.signals  # the same report again
+    return obs.report, estimators.signals_between(previous, fig)
+
+
+def _due(last_step_s: float | None, now_s: float, interval_s: float) -> bool:
+    if last_step_s is None:
+        return True
+    elapsed = now_s - last_step_s
+    return elapsed < 0 or elapsed >= interval_s * (1.0 - STEP_JITTER_FRACTION)
+
+
+def _reserve_pages(eff: EffectiveVmPolicy, static_max_kb: int) -> int:
+    if eff.kernel_reserve:
+        # selfballoon_reserved_mb: 10 % of the RAM the guest booted with, whole
+        # MiB. dom0 does not know the boot size; static-max stands in for it.
+        mb = kernel.default_reserved_mb(kernel.kb_to_pages(static_max_kb))
+        return kernel.mb_to_pages(mb)
+    return kernel.kb_to_pages(eff.reserve_kb)
+
+
+def _floor_pages(eff: EffectiveVmPolicy, static_max_kb: int, totalreserve: int) -> int:
+    if eff.min_usable_kb is not None:
+        return totalreserve + kernel.kb_to_pages(eff.min_usable_kb)
+    return kernel.selfballoon_floor_pages(
+        max_pfn=kernel.kb_to_pages(static_max_kb), totalreserve=totalreserve
+    )
+
+
+def balloon_offset_pages(
+    *, mem_total_kb: int, balloon_current_kb: int | None, actual_kb: int, static_max_kb: int
+) -> int:
+    """Pages the guest holds that MemTotal does not show, in memory/target units.
+
+    The kernel's own ``balloon_current - totalram`` when the guest reports its
+    balloon's ``current_kb`` and the figure is plausible (at least MemTotal, at
+    most static-max); otherwise the hypervisor's allocation (already minus
+    memory-offset) stands in for ``balloon_current``. Never negative.
+    """
+    totalram = kernel.kb_to_pages(mem_total_kb)
+    if balloon_current_kb is not None and mem_total_kb <= balloon_current_kb <= static_max_kb:
+        return kernel.kb_to_pages(balloon_current_kb) - totalram
+    return max(kernel.kb_to_pages(actual_kb) - totalram, 0)
+
+
+def _run_law(
+    obs: VmObservation,
+    eff: EffectiveVmPolicy,
+    fig: Figures,
+    signals: Signals | None,
+    interval_s: float,
+    current: int,
+    due: bool,
+) -> tuple[int, int, Reason, bool]:
+    """Estimator + kernel step + floor + conversion: a target in KiB."""
+    reserve = _reserve_pages(eff, obs.static_max_kb)
+    est: Estimate
+    if eff.estimator is Estimator.COMMITTED:
+        est = estimators.committed(
+            fig, reserve_pages=reserve, swap_shrink=eff.swap_shrink, signals=signals
+        )
+    elif eff.estimator is Estimator.WORKING_SET:
+        est = estimators.working_set(
+            fig, reserve_pages=reserve, swap_shrink=eff.swap_shrink, signals=signals,
+            interval_s=interval_s,
+        )
+    else:
+        est = estimators.pressure(
+            fig, reserve_pages=reserve, swap_shrink=eff.swap_shrink, signals=signals,
+            interval_s=interval_s,
+        )
+    cur = kernel.kb_to_pages(fig.mem_total_kb)
+    offset = balloon_offset_pages(
+        mem_total_kb=fig.mem_total_kb, balloon_current_kb=fig.balloon_current_kb,
+        actual_kb=obs.actual_target_kb, static_max_kb=obs.static_max_kb,
+    )
+    totalreserve = kernel.kb_to_pages(fig.totalreserve_kb)
+    target, reason = _step(est, cur, offset, eff, obs.static_max_kb, totalreserve)
+    demand = kernel.pages_to_kb(est.goal_pages + offset)
+    if not due and target < current:
+        target, reason = current, Reason.NOT_DUE
+    return target, demand, reason, est.pressure
+
+
+def _step(
+    est: Estimate,
+    cur: int,
+    offset: int,
+    eff: EffectiveVmPolicy,
+    static_max_kb: int,
+    totalreserve: int,
+) -> tuple[int, Reason]:
+    if est.incremental:
+        tgt = est.goal_pages
+    else:
+        tgt = kernel.selfballoon_step_pages(
+            cur=cur, goal=est.goal_pages, downhysteresis=eff.down_hysteresis,
+            uphysteresis=eff.up_hysteresis,
+        )
+    if tgt > cur:
+        reason = Reason.PRESSURE if est.pressure else Reason.GROW
+    elif tgt < cur:
+        reason = Reason.PROBE if est.probing else Reason.SHRINK
+    else:
+        reason = Reason.STEADY
+    floor = _floor_pages(eff, static_max_kb, totalreserve)
+    if tgt < floor:
+        tgt, reason = floor, Reason.FLOOR
+    return kernel.pages_to_kb(tgt + offset), reason
+
+
+def _basic_figures(
+    obs: VmObservation, fig: Figures | None, eff: EffectiveVmPolicy, host: HostPolicy
+) -> tuple[int, int] | None:
+    """(total, free) KiB for the basic estimator: meminfo keys, else a fresh report."""
+    total, free = obs.meminfo_total_kb, obs.meminfo_free_kb
+    if obs.meminfo_age_s is None:
+        # The keys carry no time. Trust them for guests that never had an
+        # agent; where an agent wrote them, they went stale with its reports.
+        meminfo_fresh = obs.report is None
+    else:
+        meminfo_fresh = obs.meminfo_age_s <= host.stale_s
+    if total is not None and free is not None and meminfo_fresh and total >= kernel.PAGE_KB:
+        total = min(total, MAX_MEMORY_KB)
+        return total, min(max(free, 0), total)
+    if fig is not None and eff.estimator is Estimator.BASIC:
+        return fig.mem_total_kb, fig.mem_free_kb
+    return None
+
+
+def _run_basic(
+    obs: VmObservation,
+    eff: EffectiveVmPolicy,
+    data: tuple[int, int],
+    actual: int,
+    current: int,
+    due: bool,
+) -> tuple[int, int, Reason]:
+    total_kb, free_kb = data
+    est = estimators.basic(total_kb, free_kb, reserve_pages=_reserve_pages(eff, obs.static_max_kb))
+    cur = kernel.kb_to_pages(total_kb)
+    offset = max(kernel.kb_to_pages(actual) - cur, 0)
+    target, reason = _step(est, cur, offset, eff, obs.static_max_kb, 0)
+    if not due and target < current:
+        target, reason = current, Reason.NOT_DUE
+    return target, kernel.pages_to_kb(est.goal_pages + offset), reason
+
+
+def _drift(eff: EffectiveVmPolicy, current: int, due: bool) -> tuple[int, Reason]:
+    """Move towards the policy fallback with the VM's own hysteresis."""
+    goal = kernel.kb_to_pages(eff.fallback_kb)
+    cur = kernel.kb_to_pages(current)
+    if goal < cur and not due:
+        return current, Reason.DEAD
+    tgt = kernel.selfballoon_step_pages(
+        cur=cur, goal=goal, downhysteresis=eff.down_hysteresis, uphysteresis=eff.up_hysteresis
+    )
+    if tgt == cur:
+        return current, Reason.DEAD
+    return kernel.pages_to_kb(tgt), Reason.DEAD
+
+
+def _pace(
+    target: int, reason: Reason, current: int, eff: EffectiveVmPolicy, due: bool
+) -> tuple[int, Reason]:
+    """Maximum step per cycle (growth) and per interval (shrink)."""
+    if eff.max_grow_kb > 0 and target > current + eff.max_grow_kb:
+        return current + eff.max_grow_kb, Reason.STEP_LIMIT
+    if target < current:
+        if not due:
+            return current, Reason.NOT_DUE
+        if eff.max_shrink_kb > 0 and target < current - eff.max_shrink_kb:
+            return current - eff.max_shrink_kb, Reason.STEP_LIMIT
+    return target, reason
+
+
+# ---------------------------------------------------------------------------
+# Host
+
+
+def _arbitrate(snapshot: Snapshot, host: HostPolicy, work: list[_Vm]) -> Plan:
+    budget = host_budget_kb(snapshot, host)
+    fixed_charge = 0
+    flex: list[_Vm] = []
+    for vm in work:
+        if vm.kind == "flex":
+            flex.append(vm)
+        elif vm.kind == "must":
+            fixed_charge += vm.want_kb
+        else:
+            fixed_charge += max(vm.actual_kb, vm.want_kb)
+    claims = [
+        Claim(lo_kb=min(vm.eff.min_kb, vm.want_kb), hi_kb=vm.want_kb, weight=max(vm.eff.weight, 1))
+        for vm in flex
+    ]
+    requests = [r.size_kb for r in snapshot.reservations]
+    sharing = share(budget - fixed_charge, claims, requests)
+    grants = dict(zip((id(vm) for vm in flex), sharing.grants_kb, strict=True))
+
+    plans: list[VmPlan] = []
+    shrinks: list[tuple[int, int]] = []
+    grows: list[tuple[int, int]] = []
+    sum_targets = sum_charged = sum_wanted = sum_min = 0
+    memories: dict[str, VmMemory] = {}
+    for vm in work:
+        target, reason = vm.want_kb, vm.reason
+        if vm.kind == "flex":
+            granted = grants[id(vm)]
+            if granted < target:
+                target = granted
+                reason = Reason.OVERCOMMITTED if sharing.overcommitted else Reason.HOST_SHORT
+            charge = target
+            sum_min += min(vm.eff.min_kb, vm.want_kb)
+        elif vm.kind == "must":
+            charge = target
+            sum_min += target
+        else:
+            charge = max(vm.actual_kb, target)
+            sum_min += charge
+        managed = vm.reason not in (Reason.PAUSED, Reason.OFF, Reason.DOMAIN_PAUSED)
+        write = managed and (target != vm.current_kb or vm.obs.target_kb is None)
+        if write:
+            delta = target - vm.current_kb
+            (shrinks if delta < 0 else grows).append((delta, vm.obs.domid))
+        memory = vm.memory
+        if managed:
+            memory = _with_target(memory, target)
+        memories[vm.obs.uuid] = memory
+        sum_targets += target
+        sum_charged += charge
+        sum_wanted += vm.want_kb
+        plans.append(
+            VmPlan(
+                domid=vm.obs.domid, uuid=vm.obs.uuid, name=vm.obs.name, target_kb=target,
+                previous_target_kb=vm.obs.target_kb, write=write, directive=vm.directive,
+                uncooperative=vm.memory.uncooperative, state=vm.state, reason=reason,
+                estimator=vm.estimator, demand_kb=vm.demand_kb, want_kb=vm.want_kb,
+                min_kb=vm.eff.min_kb, max_kb=vm.eff.max_kb, actual_kb=vm.actual_kb,
+                charge_kb=charge, pressure=vm.pressure, stuck_score_s=vm.memory.stuck_score_s,
+            )
+        )
+    # Shrinks first, largest first, so memory is freed before it is granted;
+    # then grows, smallest first (most likely to fit while shrinks complete).
+    shrinks.sort()
+    grows.sort()
+    reservations = tuple(
+        ReservationPlan(key=r.key, requested_kb=r.size_kb, granted_kb=g)
+        for r, g in zip(snapshot.reservations, sharing.reservations_kb, strict=True)
+    )
+    return Plan(
+        now_s=snapshot.now_s,
+        vms=tuple(plans),
+        host=HostPlan(
+            total_kb=snapshot.host_total_kb,
+            free_kb=snapshot.host_free_kb,
+            budget_kb=budget,
+            sum_targets_kb=sum_targets,
+            sum_charged_kb=sum_charged,
+            sum_wanted_kb=sum_wanted,
+            sum_min_kb=sum_min,
+            reserved_kb=sum(sharing.reservations_kb),
+            short=sharing.short or fixed_charge > budget,
+            overcommitted=sharing.overcommitted or fixed_charge > budget,
+            paused=host.paused,
+            reservations=reservations,
+        ),
+        write_order=tuple(d for _, d in shrinks) + tuple(d for _, d in grows),
+        state=ControlState(memories),
+    )
+
+
+def _with_target(memory: VmMemory, target: int) -> VmMemory:
+    return VmMemory(
+        domid=memory.domid,
+        last_seen_s=memory.last_seen_s,
+        last_actual_kb=memory.last_actual_kb,
+        stuck_score_s=memory.stuck_score_s,
+        uncooperative=memory.uncooperative,
+        last_step_s=memory.last_step_s,
+        last_target_kb=target,
+        report=memory.report,
+        signals=memory.signals,
+        swap_last_pages=memory.swap_last_pages,
+        swap_counter=memory.swap_counter,
+        directive_seq=memory.directive_seq,
+    )
+
+

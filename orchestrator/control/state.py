@@ -1,0 +1,81 @@
+"""What the control law carries from one cycle to the next, immutably.
+
+The kernel laws keep statics between ticks (the frontswap inertia counter and
+last page count); Ballast's guards keep a progress score per VM; rates need
+the previous report to take counter differences. None of it is hidden: every
+cycle takes a :class:`ControlState` and returns the next one inside the plan.
+A controller that restarts starts from :class:`ControlState` () and
+recomputes everything from what it observes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from agents.schema import Report
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Signals:
+    """Pressure signals of one report, from counter differences with the previous one."""
+
+    stall_frac: float | None
+    """Share of time some task stalled on memory (PSI some), 0..1; None: unknown."""
+    refault_pps: float | None
+    """Workingset refaults per second; None: unknown."""
+    swapin_pps: float | None
+    """Pages swapped in per second; None: unknown."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VmMemory:
+    """The carried state of one VM."""
+
+    domid: int
+    """The domain it belongs to; a new domid (reboot, migration) resets the guards."""
+    last_seen_s: float
+    """When it was last observed, seconds."""
+    last_actual_kb: int
+    """Its allocation then, in memory/target units, KiB."""
+    stuck_score_s: float = 0.0
+    """Seconds of missing progress towards its target, paid back by movement."""
+    uncooperative: bool = False
+    """Latched uncooperative flag (cleared when the score falls back under 5 s)."""
+    last_step_s: float | None = None
+    """When the law last took an interval step (shrinks happen only then)."""
+    last_target_kb: int | None = None
+    """The last target Ballast decided: the "last known good" a stale VM holds."""
+    report: Report | None = None
+    """The last distinct report seen, for counter differences."""
+    signals: Signals | None = None
+    """Signals computed when that report arrived."""
+    swap_last_pages: int = 0
+    """Frontswap law: pages seen at the previous tick."""
+    swap_counter: int = 0
+    """Frontswap law: inertia counter."""
+    directive_seq: int = 0
+    """Sequence number of the last directive Ballast issued."""
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class ControlState:
+    """Carried state of every VM, keyed by uuid."""
+
+    vms: Mapping[str, VmMemory]
+
+    def __init__(self, vms: Mapping[str, VmMemory] | None = None) -> None:
+        object.__setattr__(self, "vms", MappingProxyType(dict(vms or {})))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ControlState):
+            return NotImplemented
+        return dict(self.vms) == dict(other.vms)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.vms.items())))
+
+    def get(self, uuid: str) -> VmMemory | None:
+        """One VM's carried state, if any."""
+        return self.vms.get(uuid)
