@@ -11,6 +11,7 @@ import ssl
 from typing import Final
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -48,9 +49,9 @@ def make_client(
     max_incoming: int = MAX_INCOMING_MESSAGES,
 ) -> aiomqtt.Client:
     """An unconnected aiomqtt client (enter it to connect)."""
-    versions = aiomqtt.ProtocolVersion
-    protocol = versions.V5 if broker.protocol == "5" else versions.V311
-    return aiomqtt.Client(
+    v5 = broker.protocol == "5"
+    protocol = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
+    client = aiomqtt.Client(
         broker.host,
         broker.port,
         username=broker.username,
@@ -60,14 +61,18 @@ def make_client(
         will=will,
         # A host must not get commands queued while it was away: they would
         # apply long after their sender gave up waiting.
-        clean_session=True if broker.protocol == "3.1.1" else None,
-        clean_start=True,
+        clean_session=None if v5 else True,
+        clean_start=True if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
         timeout=broker.timeout_s,
         keepalive=broker.keepalive_s,
         max_queued_incoming_messages=max_incoming,
         max_inflight_messages=MAX_INFLIGHT,
         tls_context=context,
     )
+    # aiomqtt warns above 10 unacknowledged calls; Ballast pipelines up to
+    # MAX_INFLIGHT publishes on purpose.
+    client.pending_calls_threshold = 2 * MAX_INFLIGHT
+    return client
 
 
 def subscription(topic: str, broker: BrokerSettings, *, retained: bool) -> tuple[str, int] | tuple[

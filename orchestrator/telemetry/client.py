@@ -81,7 +81,7 @@ class TelemetryStats:
     """Counters for metrics and ``ballast status``; all since the Telemetry started."""
 
     connected: bool
-    """True while a broker connection is up."""
+    """True while a broker connection is up (and the command topics subscribed)."""
     queued: int
     """Messages waiting to be sent now."""
     published: int
@@ -179,7 +179,9 @@ class Telemetry:
         # not answer gets cut off after shutdown_timeout_s (the will then fires).
         await asyncio.wait({self._task}, timeout=self._settings.shutdown_timeout_s + 1.0)
         self._task.cancel()
-        await self._exit_stack.__aexit__(exc_type, exc, tb)
+        # The caller's own exception is not handed to the task group: it would
+        # come back wrapped in an ExceptionGroup. It propagates unchanged.
+        await self._exit_stack.__aexit__(None, None, None)
 
     # ---- the controller's API (never awaits) --------------------------------
 
@@ -293,11 +295,6 @@ class Telemetry:
         )
         graceful = False
         async with client:
-            self._connected = True
-            self._connects += 1
-            self._last_error = None
-            if self._connects > 1:
-                log.info("MQTT broker %s: connected again", broker.url)
             try:
                 if self._apply is not None:
                     await client.subscribe(
@@ -306,6 +303,12 @@ class Telemetry:
                             _mqtt.subscription(self._topics.policy_unset, broker, retained=False),
                         ]  # type: ignore[arg-type]
                     )
+                # Connected means subscribed too: commands sent from now on arrive.
+                self._connected = True
+                self._connects += 1
+                self._last_error = None
+                if self._connects > 1:
+                    log.info("MQTT broker %s: connected again", broker.url)
                 self._resync()
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._send_loop(client, group), name="ballast-mqtt-send")

@@ -325,6 +325,9 @@ async def send_policy_command(
                     async for message in client.messages:
                         if message.topic.value != reply_to:
                             continue
+                        _, correlation = _mqtt.response_info(message)
+                        if correlation is not None and correlation != request_id.encode():
+                            continue
                         raw = message.payload if isinstance(message.payload, bytes) else b""
                         try:
                             reply = decode_reply(raw)
