@@ -6,13 +6,16 @@ An operator (``ballast fleet policy set``, or any MQTT client) publishes to
     {"vm": "web-1", "set": {"min_kb": 524288, "weight": 2}, "id": "r-42", "client": "ops@desk"}
     {"vm": "web-1", "unset": ["min_kb"], "id": "r-43"}
 
-This module rejects what it can judge alone — size, JSON, shape, types, field
-names, units implied by a field's suffix (``_kb`` whole KiB, ``_s`` seconds) —
-with :class:`CommandError`. What needs the policy model or the host's state
-(unknown fields or VMs, impossible values, min above max) is for the apply
-callback the controller injects, which validates with the same code as the
-CLI. Replies go to the MQTT 5 response topic with its correlation data, else
-to ``<prefix>/<host>/policy/reply/<id>`` (``.../policy/reply`` without an id);
+This module rejects what it can judge alone — size, JSON, shape, types (each
+value a number, string or boolean), field-name syntax — with
+:class:`CommandError`. What needs the policy model or the host's state
+(unknown fields or VMs, "512M" or "lots", min above max) is for the apply
+callback the controller injects: :func:`as_policy_change` turns a command into
+the policy model's :class:`~orchestrator.control.policy.PolicyChange`, which
+``apply_change`` validates with the same code as the CLI.
+
+Replies go to the MQTT 5 response topic with its correlation data, else to
+``<prefix>/<host>/policy/reply/<id>`` (``.../policy/reply`` without an id);
 :func:`reply_topic` makes that choice. docs/mqtt.md is the full contract.
 """
 
@@ -24,8 +27,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
+from orchestrator.control.policy import PolicyChange
 from orchestrator.telemetry._json import (
-    MAX_MEMORY_KB,
     InvalidPayload,
     check_keys,
     dump,
@@ -44,8 +47,6 @@ MAX_CLIENT_CHARS: Final = 128
 MAX_STRING_VALUE_CHARS: Final = 200
 MAX_ERROR_CHARS: Final = 500
 MAX_REPLY_BYTES: Final = 16_384
-# Ten years, as orchestrator.units.MAX_DURATION_S: longer spans are a typo.
-MAX_SECONDS: Final = 10 * 366 * 86400
 # MQTT 3.1.1 §1.5.3: a topic is a UTF-8 string of at most 65535 bytes.
 MAX_TOPIC_BYTES: Final = 65535
 
@@ -189,23 +190,13 @@ def _check_field_name(name: object) -> str:
 
 
 def _check_value(name: str, value: object) -> PolicyValue:
+    # Only the JSON shape is judged here; what a value means ("512M", "on",
+    # a weight's range) is the policy model's, the same code the CLI runs.
     if value is None or isinstance(value, list | dict):
         raise InvalidPayload(
             f"policy field {name!r} must be a number, string or boolean, not {json_type(value)}"
         )
-    if name.endswith("_kb"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidPayload(f"policy field {name!r} must be a whole number of KiB")
-        if not 0 <= value <= MAX_MEMORY_KB:
-            raise InvalidPayload(
-                f"policy field {name!r} = {value} is outside 0..{MAX_MEMORY_KB} KiB"
-            )
-    elif name.endswith("_s"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InvalidPayload(f"policy field {name!r} must be a number of seconds")
-        if not 0 <= value <= MAX_SECONDS:
-            raise InvalidPayload(f"policy field {name!r} = {value} is outside 0..{MAX_SECONDS} s")
-    elif isinstance(value, str) and len(value) > MAX_STRING_VALUE_CHARS:
+    if isinstance(value, str) and len(value) > MAX_STRING_VALUE_CHARS:
         raise InvalidPayload(
             f"policy field {name!r} is longer than {MAX_STRING_VALUE_CHARS} characters"
         )
@@ -298,6 +289,17 @@ def _decode_unset(value: object) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise InvalidPayload("field 'unset' names a field twice")
     return tuple(sorted(names))
+
+
+def as_policy_change(command: PolicyCommand, *, vm_id: str) -> PolicyChange:
+    """The policy model's change for ``command``, once the caller resolved the VM.
+
+    ``vm_id`` is the key the policy uses (the VM's uuid); the command names
+    the VM as the operator does.
+    """
+    if isinstance(command, PolicySet):
+        return PolicyChange(vm=vm_id, set=command.as_dict())
+    return PolicyChange(vm=vm_id, unset=command.fields)
 
 
 def encode_command(

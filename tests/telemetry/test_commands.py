@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.control.policy import PolicyChange
 from orchestrator.telemetry.commands import (
     MAX_FIELDS,
     ApplyResult,
@@ -18,6 +19,7 @@ from orchestrator.telemetry.commands import (
     ErrorKind,
     PolicySet,
     PolicyUnset,
+    as_policy_change,
     decode_command,
     decode_reply,
     encode_command,
@@ -34,21 +36,19 @@ vm_names = st.text(
 )
 
 
-def _value_for(name: str) -> st.SearchStrategy[object]:
-    if name.endswith("_kb"):
-        return st.integers(min_value=0, max_value=1 << 34)
-    if name.endswith("_s"):
-        return st.floats(min_value=0, max_value=1e8) | st.integers(min_value=0, max_value=10**8)
-    return st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | (
-        st.text(max_size=200)
-    )
+policy_values = (
+    st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=200)
+)
 
 
 @st.composite
 def policy_sets(draw: st.DrawFn) -> PolicySet:
     names = draw(st.sets(field_names, min_size=1, max_size=8))
-    changes = tuple(sorted((n, draw(_value_for(n))) for n in names))
-    return PolicySet(draw(vm_names), changes)  # type: ignore[arg-type]
+    changes = tuple(sorted((n, draw(policy_values)) for n in names))
+    return PolicySet(draw(vm_names), changes)
 
 
 policy_unsets = st.builds(
@@ -93,12 +93,6 @@ SET_OK = {"vm": "web-1", "set": {"min_kb": 524288}, "id": "r1"}
         (_cmd(vm="w"), False, "'set' is missing"),
         (_cmd(vm="w", set=[]), False, "must be an object"),
         (_cmd(vm="w", set={}), False, "names no policy field"),
-        (_cmd(vm="w", set={"min_kb": "512M"}), False, "whole number of KiB"),
-        (_cmd(vm="w", set={"min_kb": 1.5}), False, "whole number of KiB"),
-        (_cmd(vm="w", set={"min_kb": -1}), False, "outside"),
-        (_cmd(vm="w", set={"min_kb": 1 << 40}), False, "outside"),
-        (_cmd(vm="w", set={"grace_s": -3}), False, "outside"),
-        (_cmd(vm="w", set={"grace_s": True}), False, "number of seconds"),
         (_cmd(vm="w", set={"weight": None}), False, "not null"),
         (_cmd(vm="w", set={"weight": [1]}), False, "not an array"),
         (_cmd(vm="w", set={"Weight": 1}), False, "not a field name"),
@@ -127,8 +121,19 @@ def test_bad_commands(raw: bytes, unset: bool, needle: str) -> None:
 
 def test_error_keeps_request_id_and_vm_when_readable() -> None:
     with pytest.raises(CommandError) as info:
-        decode_command(_cmd(vm="web-1", set={"min_kb": "lots"}, id="r-9"), unset=False)
+        decode_command(_cmd(vm="web-1", set={"min_kb": {"x": 1}}, id="r-9"), unset=False)
     assert (info.value.request_id, info.value.vm) == ("r-9", "web-1")
+
+
+def test_values_are_left_to_the_policy_model() -> None:
+    # "512M" is what an operator types; the policy model parses it, not the decoder.
+    request = decode_command(_cmd(vm="w", set={"min_kb": "512M", "swap_shrink": "on"}), unset=False)
+    assert request.command == PolicySet("w", (("min_kb", "512M"), ("swap_shrink", "on")))
+    change = as_policy_change(request.command, vm_id="uuid-1")
+    assert change == PolicyChange(vm="uuid-1", set={"min_kb": "512M", "swap_shrink": "on"})
+    assert as_policy_change(PolicyUnset("w", ("max_kb",)), vm_id="u") == PolicyChange(
+        vm="u", unset=("max_kb",)
+    )
 
 
 def test_identity() -> None:

@@ -16,6 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.control.policy import (
+    Policy,
+    PolicyContext,
+    VmFacts,
+    apply_change,
+    vm_to_dict,
+)
 from orchestrator.errors import TransientError, UsageError
 from orchestrator.telemetry import (
     ApplyResult,
@@ -30,7 +37,7 @@ from orchestrator.telemetry import (
     TelemetrySettings,
     VmStateMsg,
 )
-from orchestrator.telemetry.commands import PolicyValue
+from orchestrator.telemetry.commands import CommandReply, as_policy_change
 from orchestrator.telemetry.fleet import FleetView, fetch_fleet, send_policy_command
 from orchestrator.telemetry.topics import HostTopics
 from tests.telemetry.conftest import eventually
@@ -148,82 +155,89 @@ async def test_last_will_fires_when_the_process_is_killed(
 
 # ---- commands ---------------------------------------------------------------
 
-_FIELDS = {"min_kb", "max_kb", "weight"}
+GiB_KB = 1 << 20
 
 
 @dataclass
-class MiniPolicies:
-    """The apply callback under test: checks like the CLI, keeps policies in memory."""
+class PolicyHost:
+    """The apply callback under test: the policy model's own validation, in memory.
 
-    vms: set[str]
-    policies: dict[str, dict[str, PolicyValue]] = field(default_factory=dict)
+    What the controller will wire: resolve the VM name, ``apply_change`` with
+    the host's facts, keep the result, audit (source mqtt, who = identity).
+    """
+
+    static_max_kb: dict[str, int]
+    """VM name -> static-max; the uuid is ``uuid-<name>``."""
+    policy: Policy = field(default_factory=Policy)
     calls: list[tuple[PolicyCommand, ClientIdentity]] = field(default_factory=list)
+    audit: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
 
     async def apply(self, command: PolicyCommand, who: ClientIdentity) -> ApplyResult:
         self.calls.append((command, who))
-        if command.vm not in self.vms:
-            raise UsageError(f"no VM named {command.vm!r} on this host")
-        current = dict(self.policies.get(command.vm, {}))
-        if isinstance(command, PolicySet):
-            unknown = sorted(set(command.as_dict()) - _FIELDS)
-            if unknown:
-                raise UsageError(f"unknown policy field(s): {', '.join(unknown)}")
-            current.update(command.as_dict())
-        else:
-            for name in command.fields:
-                current.pop(name, None)
-        low, high = current.get("min_kb", 0), current.get("max_kb", 1 << 34)
-        assert isinstance(low, int) and isinstance(high, int)
-        if low > high:
-            raise UsageError(f"min_kb {low} is above max_kb {high}")
         if command.vm == "flaky":
-            raise TransientError("store is busy")
-        self.policies[command.vm] = current
-        return ApplyResult(policy=current, version=len(self.calls))
+            raise TransientError("the policy store is busy")
+        if command.vm not in self.static_max_kb:
+            raise UsageError(f"no VM named {command.vm!r} on this host")
+        uuid = f"uuid-{command.vm}"
+        context = PolicyContext(
+            vms={
+                f"uuid-{name}": VmFacts(name=name, static_max_kb=kb)
+                for name, kb in self.static_max_kb.items()
+            }
+        )
+        change = as_policy_change(command, vm_id=uuid)
+        self.policy = apply_change(self.policy, change, context)
+        self.audit.append((who.audit_name, "mqtt", change.to_dict()))
+        return ApplyResult(policy=vm_to_dict(self.policy.vm(uuid)), version=len(self.audit))
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_command_changes_policy_and_gets_reply(
     mqtt_broker: tuple[str, int], prefix: str, protocol: str
 ) -> None:
-    model = MiniPolicies(vms={"web-1", "flaky"})
+    model = PolicyHost(static_max_kb={"web-1": 8 * GiB_KB, "flaky": GiB_KB})
     broker = BrokerSettings(host=mqtt_broker[0], port=mqtt_broker[1], protocol=protocol)  # type: ignore[arg-type]
     settings = _settings(mqtt_broker, prefix, "h1", protocol=protocol)
+
+    async def send(command: PolicyCommand, client: str | None = None) -> CommandReply:
+        return await send_policy_command(
+            broker, prefix, "h1", command, client_name=client, timeout_s=5
+        )
+
     async with Telemetry(settings, apply=model.apply) as telemetry:
         await eventually(lambda: telemetry.stats.connected, what="connection")
-        reply = await send_policy_command(
-            broker, prefix, "h1", PolicySet("web-1", (("max_kb", 4 << 20), ("min_kb", 1 << 19))),
-            client_name="ops@desk", timeout_s=5,
+        reply = await send(
+            PolicySet("web-1", (("max_kb", 4 * GiB_KB), ("min_kb", "512M"))), "ops@desk"
         )
         assert reply.ok, reply
-        assert reply.policy == {"min_kb": 1 << 19, "max_kb": 4 << 20}
-        assert model.policies["web-1"] == {"min_kb": 1 << 19, "max_kb": 4 << 20}
-        assert model.calls[-1][1] == ClientIdentity("ops@desk")
+        assert reply.policy == {"min_kb": 512 * 1024, "max_kb": 4 * GiB_KB}
+        assert model.policy.vm("uuid-web-1").min_kb == 512 * 1024
+        assert model.audit == [
+            ("ops@desk", "mqtt", {"vm": "uuid-web-1", "set": {"max_kb": 4 * GiB_KB,
+                                   "min_kb": "512M"}, "unset": []})
+        ]
+        before = model.policy
 
-        # Impossible value: the callback refuses it, nothing changes.
-        reply = await send_policy_command(
-            broker, prefix, "h1", PolicySet("web-1", (("min_kb", 8 << 20),)),
-            client_name=None, timeout_s=5,
-        )
-        assert not reply.ok and reply.error_kind == "rejected"
-        assert "above max_kb" in (reply.error or "")
-        assert model.policies["web-1"]["min_kb"] == 1 << 19
+        # Refused by the policy model: each reply names the problem, nothing changes.
+        refusals: list[tuple[PolicyCommand, str]] = [
+            (PolicySet("web-1", (("min_kb", 6 * GiB_KB),)), "is above max"),
+            (PolicySet("web-1", (("max_kb", "16G"),)), "above its static-max"),
+            (PolicySet("web-1", (("weight", "lots"),)), "weight must be a whole number"),
+            (PolicySet("web-1", (("colour", "blue"),)), "unknown VM policy field"),
+            (PolicyUnset("nope", ("min_kb",)), "no VM named 'nope'"),
+        ]
+        for command, needle in refusals:
+            reply = await send(command)
+            assert (reply.ok, reply.error_kind, reply.vm) == (False, "rejected", command.vm)
+            assert needle in (reply.error or ""), reply
+        assert model.policy == before and len(model.audit) == 1
 
-        reply = await send_policy_command(
-            broker, prefix, "h1", PolicyUnset("nope", ("min_kb",)), client_name=None, timeout_s=5
-        )
-        assert (reply.ok, reply.error_kind, reply.vm) == (False, "rejected", "nope")
-
-        reply = await send_policy_command(
-            broker, prefix, "h1", PolicySet("flaky", (("weight", 2),)), client_name=None,
-            timeout_s=5,
-        )
+        reply = await send(PolicySet("flaky", (("weight", 2),)))
         assert (reply.ok, reply.error_kind) == (False, "unavailable")
 
-        reply = await send_policy_command(
-            broker, prefix, "h1", PolicyUnset("web-1", ("min_kb",)), client_name=None, timeout_s=5
-        )
-        assert reply.ok and model.policies["web-1"] == {"max_kb": 4 << 20}
+        reply = await send(PolicyUnset("web-1", ("min_kb",)))
+        assert reply.ok and reply.policy == {"max_kb": 4 * GiB_KB} and reply.version == 2
+        assert model.calls[-1][1].audit_name == "unidentified"
 
 
 def _pub(broker: tuple[str, int], *args: str) -> None:
@@ -237,7 +251,7 @@ def _pub(broker: tuple[str, int], *args: str) -> None:
     [
         ("{oops", "not valid JSON"),
         ('{"set": {"min_kb": 1}, "id": "r"}', "'vm' is missing"),
-        ('{"vm": "web-1", "set": {"min_kb": "512M"}, "id": "r"}', "whole number of KiB"),
+        ('{"vm": "web-1", "set": {"min_kb": [512]}, "id": "r"}', "not an array"),
         ('{"vm": "web-1", "set": {"min_kb": 1}, "pad": "' + "x" * 5000 + '"}', "limit"),
     ],
     ids=["bad-json", "missing-vm", "wrong-type", "oversize"],
@@ -245,7 +259,7 @@ def _pub(broker: tuple[str, int], *args: str) -> None:
 async def test_bad_commands_get_errors_and_change_nothing(
     mqtt_broker: tuple[str, int], prefix: str, payload: str, needle: str
 ) -> None:
-    model = MiniPolicies(vms={"web-1"})
+    model = PolicyHost(static_max_kb={"web-1": 8 * GiB_KB})
     topics = HostTopics(prefix, "h1")
     async with Telemetry(_settings(mqtt_broker, prefix, "h1"), apply=model.apply) as telemetry:
         await eventually(lambda: telemetry.stats.connected, what="connection")
@@ -263,14 +277,14 @@ async def test_bad_commands_get_errors_and_change_nothing(
         reply = json.loads(body)
         assert reply["ok"] is False and reply["error"]["kind"] == "bad_request"
         assert needle in reply["error"]["message"]
-        assert model.calls == [] and model.policies == {}
+        assert model.calls == [] and model.policy == Policy()
         assert telemetry.stats.commands_rejected == 1
 
 
 async def test_fallback_reply_topic_without_mqtt5(
     mqtt_broker: tuple[str, int], prefix: str
 ) -> None:
-    model = MiniPolicies(vms={"web-1"})
+    model = PolicyHost(static_max_kb={"web-1": 8 * GiB_KB})
     topics = HostTopics(prefix, "h1")
     async with Telemetry(_settings(mqtt_broker, prefix, "h1"), apply=model.apply) as telemetry:
         await eventually(lambda: telemetry.stats.connected, what="connection")
@@ -287,6 +301,7 @@ async def test_fallback_reply_topic_without_mqtt5(
         assert reply == {
             "v": 1, "ok": True, "id": "req-5", "vm": "web-1", "policy": {"weight": 3}, "version": 1
         }
+        assert model.policy.vm("uuid-web-1").weight == 3
         assert model.calls[0][1].audit_name == "legacy"
 
 
@@ -294,7 +309,7 @@ async def test_fallback_reply_topic_without_mqtt5(
 async def test_retained_commands_are_never_applied(
     mqtt_broker: tuple[str, int], prefix: str, protocol: str
 ) -> None:
-    model = MiniPolicies(vms={"web-1"})
+    model = PolicyHost(static_max_kb={"web-1": 8 * GiB_KB})
     topics = HostTopics(prefix, "h1")
     _pub(mqtt_broker, "-r", "-t", topics.policy_set, "-m", '{"vm":"web-1","set":{"weight":9}}')
     try:
