@@ -14,9 +14,14 @@ VALID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_@
 components = st.text(st.sampled_from(VALID_CHARS), min_size=1, max_size=10)
 
 
-@given(st.lists(components, min_size=1, max_size=8), st.integers(0, 0x7FEF))
-def test_relative_paths_resolve_to_valid_absolute_paths(parts: list[str], domid: int) -> None:
-    rel = "/".join(parts)
+# A leading '@' marks a special watch path, never a relative node name.
+relative_paths = st.lists(components, min_size=1, max_size=8).map("/".join).filter(
+    lambda p: not p.startswith("@")
+)
+
+
+@given(relative_paths, st.integers(0, 0x7FEF))
+def test_relative_paths_resolve_to_valid_absolute_paths(rel: str, domid: int) -> None:
     assert paths.validate_path(rel) == rel
     absolute = paths.canonicalize(rel, domid)
     assert absolute == f"/local/domain/{domid}/{rel}"
@@ -45,6 +50,7 @@ def test_absolute_paths_of_valid_components_are_valid(parts: list[str]) -> None:
         pytest.param("/é", id="non-ascii"),
         pytest.param("/a\0b", id="nul"),
         pytest.param("@introduceDomain", id="special-outside-watch"),
+        pytest.param("@a/b", id="relative-starting-with-at"),
     ],
 )
 def test_invalid_paths_are_rejected_with_a_reason(path: str) -> None:
