@@ -88,7 +88,7 @@ class Agent:
         self.state = AgentState()
         self.problems = ProblemLog(log)
         self._source = source
-        self._actuator = actuator
+        self.actuator = actuator
         self._connect = connect
         self._clock = clock
         self._rng = rng or random.Random()
@@ -148,6 +148,7 @@ class Agent:
 
     async def _session(self) -> None:
         async with self._connect() as store:
+            self.state = self.state.reconnected()
             if not self._resumed:
                 await self._resume(store)
             async with asyncio.TaskGroup() as group:
@@ -252,9 +253,9 @@ class Agent:
 
     async def _act(self, directive: Directive) -> None:
         log.info("directive %d: swap target %s KiB (%s)", directive.seq,
-                 directive.swap_target_kb, self._actuator.name)
+                 directive.swap_target_kb, self.actuator.name)
         try:
-            ack = await self._actuator.apply(directive)
+            ack = await self.actuator.apply(directive)
         except Exception as exc:  # an actuator bug must not kill the agent
             log.exception("swap-shrink actuator failed")
             ack = DirectiveAck(seq=directive.seq, outcome="refused",

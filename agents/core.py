@@ -63,6 +63,12 @@ class AgentState:
             acted_seq=ack.seq if same_boot and ack is not None else self.acted_seq,
         )
 
+    def reconnected(self) -> AgentState:
+        """A new xenstore connection: whether earlier writes landed is unknown
+        (xenstored may have restarted empty), so everything is written afresh."""
+        return replace(self, last_sent=None, last_sent_s=None, meminfo_written=(None, None),
+                       meminfo_written_s=None, quiet_until_s=None)
+
     def with_ack(self, ack: DirectiveAck) -> AgentState:
         """Record a directive outcome; the next report carries it at once."""
         return replace(self, ack=ack, ack_sent=False)

@@ -25,8 +25,9 @@ class ProblemLog:
 
     def update(self, scope: str, problems: Iterable[Problem]) -> None:
         """Replace the problems of ``scope`` with ``problems``, logging changes."""
-        now = {p.key: p for p in problems}
         before = self._active.get(scope, {})
+        # A problem already reported keeps the wording it was reported with.
+        now = {p.key: before.get(p.key, p) for p in problems}
         for key, problem in now.items():
             if key not in before:
                 self._log.log(_LEVELS[problem.severity], "%s", problem.message)
