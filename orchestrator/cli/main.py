@@ -54,8 +54,14 @@ def _root(
 
 
 from orchestrator.cli import config_cmd  # noqa: E402
+from orchestrator.cli import db as db_cmd  # noqa: E402
+from orchestrator.cli import fleet as fleet_cmd  # noqa: E402
+from orchestrator.cli import xenstored as xenstored_cmd  # noqa: E402
 
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(fleet_cmd.app, name="fleet")
+app.add_typer(db_cmd.app, name="db")
+app.command("xenstored")(xenstored_cmd.xenstored)
 
 
 def main() -> None:

@@ -71,6 +71,11 @@ def resolve_db_url(value: str | None = None) -> URL:
     )
 
 
+def one_line(error: object) -> str:
+    """A driver's (often multi-line) error message as one line."""
+    return " ".join(str(error).split())
+
+
 def display_url(url: URL) -> str:
     """The URL as shown to operators (password hidden)."""
     if url.get_backend_name() == "sqlite":

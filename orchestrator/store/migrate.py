@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 
 import orchestrator
 from orchestrator.errors import UsageError
-from orchestrator.store.engine import display_url, make_oneshot_engine, write_transaction
+from orchestrator.store.engine import display_url, make_oneshot_engine, one_line, write_transaction
 from orchestrator.store.errors import SchemaMismatch, StoreUnavailable
 
 
@@ -121,7 +121,7 @@ def _migration_connection(url: URL, *, create: bool) -> Iterator[Connection]:
         with write_transaction(engine) as conn:
             yield conn
     except OperationalError as exc:
-        raise StoreUnavailable(f"database {display_url(url)}: {exc.orig}") from exc
+        raise StoreUnavailable(f"database {display_url(url)}: {one_line(exc.orig)}") from exc
     finally:
         engine.dispose()
 
@@ -133,12 +133,20 @@ def status(url: URL) -> SchemaStatus:
         with engine.connect() as conn:
             return _status_of(conn, display_url(url))
     except OperationalError as exc:
-        raise StoreUnavailable(f"database {display_url(url)}: {exc.orig}") from exc
+        raise StoreUnavailable(f"database {display_url(url)}: {one_line(exc.orig)}") from exc
     finally:
         engine.dispose()
 
 
-def upgrade(url: URL, revision: str = "head") -> SchemaStatus:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Migration:
+    """The schema before and after an upgrade or downgrade."""
+
+    before: SchemaStatus
+    after: SchemaStatus
+
+
+def upgrade(url: URL, revision: str = "head") -> Migration:
     """Migrate the database up to `revision`, creating it if missing."""
     with _migration_connection(url, create=True) as conn:
         before = _status_of(conn, display_url(url))
@@ -153,10 +161,10 @@ def upgrade(url: URL, revision: str = "head") -> SchemaStatus:
             command.upgrade(cfg, revision)
         except CommandError as exc:
             raise UsageError(f"cannot upgrade to {revision!r}: {exc}") from exc
-        return _status_of(conn, display_url(url))
+        return Migration(before=before, after=_status_of(conn, display_url(url)))
 
 
-def downgrade(url: URL, revision: str) -> SchemaStatus:
+def downgrade(url: URL, revision: str) -> Migration:
     """Migrate the database down to `revision` (`base` removes every table)."""
     with _migration_connection(url, create=False) as conn:
         before = _status_of(conn, display_url(url))
@@ -168,4 +176,4 @@ def downgrade(url: URL, revision: str) -> SchemaStatus:
             command.downgrade(cfg, revision)
         except CommandError as exc:
             raise UsageError(f"cannot downgrade to {revision!r}: {exc}") from exc
-        return _status_of(conn, display_url(url))
+        return Migration(before=before, after=_status_of(conn, display_url(url)))

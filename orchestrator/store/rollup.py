@@ -14,6 +14,7 @@ it is rolled up, whatever the retention settings.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +23,16 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Connection,
+    Delete,
+    Insert,
     Select,
+    SmallInteger,
     and_,
+    bindparam,
     cast,
     delete,
     func,
     insert,
-    literal,
     literal_column,
     select,
     update,
@@ -54,17 +58,20 @@ def bucket_start(t_ms: int, res: Resolution) -> int:
     return t_ms - t_ms % step
 
 
-def aggregate_select(
-    res: Resolution,
-    start_ms: int,
-    end_ms: int,
-    domain_ids: Sequence[int] | None = None,
-) -> Select[Any]:
-    """Rollup rows of raw samples in [start_ms, end_ms), in the rollups' column order.
+def aggregate_select(res: Resolution, *, by_domain: bool) -> Select[Any]:
+    """Rollup rows of the raw samples with `start_ms <= t_ms < end_ms`, in the
+    rollups' column order (bind `start_ms`, `end_ms`, and with `by_domain` the
+    list `domain_ids`). Built once per shape and cached: building and
+    compiling the statement costs more than running it on a small range.
 
-    Without `domain_ids`, the query is driven from `domains`, so each domain's
+    Without `by_domain`, the query is driven from `domains`, so each domain's
     samples are one primary-key range scan rather than a scan of the table.
     """
+    return _aggregate_select(res, by_domain)
+
+
+@functools.cache
+def _aggregate_select(res: Resolution, by_domain: bool) -> Select[Any]:
     # The step is inlined (not a bound parameter) so the GROUP BY expression is
     # textually the selected one, as PostgreSQL requires; `//` on integers is
     # integer division on both engines.
@@ -72,11 +79,14 @@ def aggregate_select(
     s = samples
     bucket_expr = (s.c.t_ms // step) * step
     bucket = bucket_expr.label("t_ms")
-    in_range = and_(s.c.t_ms >= start_ms, s.c.t_ms < end_ms)
-    aggs: list[ColumnElement[object]] = []
+    in_range = and_(
+        s.c.t_ms >= bindparam("start_ms", type_=BigInteger),
+        s.c.t_ms < bindparam("end_ms", type_=BigInteger),
+    )
+    aggs: list[ColumnElement[Any]] = []
     for fig in ALL_FIGURES:
         col = s.c[fig.column]
-        mean: ColumnElement[object] = func.avg(col)
+        mean: ColumnElement[Any] = func.avg(col)
         if fig.is_kb:
             mean = cast(func.round(mean), BigInteger)
         aggs += [
@@ -91,16 +101,18 @@ def aggregate_select(
         func.max(s.c.t_ms).label("last_t"),
         *aggs,
     )
-    if domain_ids is None:
+    if by_domain:
+        grouped = grouped.where(
+            s.c.domain_id.in_(bindparam("domain_ids", expanding=True)), in_range
+        )
+    else:
         grouped = grouped.select_from(
             domains.join(s, and_(s.c.domain_id == domains.c.id, in_range))
         )
-    else:
-        grouped = grouped.where(s.c.domain_id.in_(list(domain_ids)), in_range)
     g = grouped.group_by(s.c.domain_id, bucket_expr).subquery("g")
     last = samples.alias("last_sample")
     columns: list[ColumnElement[Any]] = [
-        literal(res.value).label("res_s"),
+        literal_column(str(res.value), SmallInteger).label("res_s"),
         g.c.domain_id,
         g.c.t_ms,
         g.c.n,
@@ -117,6 +129,32 @@ def aggregate_select(
     )
 
 
+@functools.cache
+def _recompute_statements(res: Resolution, by_domain: bool) -> tuple[Delete, Insert]:
+    cond = and_(
+        rollups.c.res_s == res.value,
+        rollups.c.t_ms >= bindparam("start_ms", type_=BigInteger),
+        rollups.c.t_ms < bindparam("end_ms", type_=BigInteger),
+    )
+    if by_domain:
+        cond = and_(cond, rollups.c.domain_id.in_(bindparam("domain_ids", expanding=True)))
+    names = ["res_s", "domain_id", "t_ms", "n", *ROLLUP_FIGURE_COLUMNS]
+    return (
+        delete(rollups).where(cond),
+        insert(rollups).from_select(names, _aggregate_select(res, by_domain)),
+    )
+
+
+def aggregate_params(
+    start_ms: int, end_ms: int, domain_ids: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """Parameters of `aggregate_select` and `recompute`'s statements."""
+    params: dict[str, Any] = {"start_ms": start_ms, "end_ms": end_ms}
+    if domain_ids is not None:
+        params["domain_ids"] = list(domain_ids)
+    return params
+
+
 def recompute(
     conn: Connection,
     res: Resolution,
@@ -125,14 +163,10 @@ def recompute(
     domain_ids: Sequence[int] | None = None,
 ) -> int:
     """Replace the rollup rows of [start_ms, end_ms) (optionally of some domains)."""
-    cond = and_(rollups.c.res_s == res.value, rollups.c.t_ms >= start_ms, rollups.c.t_ms < end_ms)
-    if domain_ids is not None:
-        cond = and_(cond, rollups.c.domain_id.in_(list(domain_ids)))
-    conn.execute(delete(rollups).where(cond))
-    names = ["res_s", "domain_id", "t_ms", "n", *ROLLUP_FIGURE_COLUMNS]
-    result = conn.execute(
-        insert(rollups).from_select(names, aggregate_select(res, start_ms, end_ms, domain_ids))
-    )
+    remove, add = _recompute_statements(res, domain_ids is not None)
+    params = aggregate_params(start_ms, end_ms, domain_ids)
+    conn.execute(remove, params)
+    result = conn.execute(add, params, execution_options={"preserve_rowcount": True})
     return max(result.rowcount, 0)
 
 

@@ -49,6 +49,7 @@ from orchestrator.store import rollup
 from orchestrator.store.engine import (
     display_url,
     make_engine,
+    one_line,
     resolve_db_url,
     write_transaction,
 )
@@ -257,10 +258,14 @@ class Store:
         try:
             yield
         except OperationalError as exc:
-            raise StoreUnavailable(f"history database {self.database}: {exc.orig}") from exc
+            raise StoreUnavailable(
+                f"history database {self.database}: {one_line(exc.orig)}"
+            ) from exc
         except DBAPIError as exc:
             if exc.connection_invalidated:
-                raise StoreUnavailable(f"history database {self.database}: {exc.orig}") from exc
+                raise StoreUnavailable(
+                    f"history database {self.database}: {one_line(exc.orig)}"
+                ) from exc
             raise
 
     @contextmanager
@@ -302,7 +307,10 @@ class Store:
     # ---------------------------------------------------------------- domains
 
     def resolve_domain(self, vm: str | DomainRef) -> DomainRef:
-        """The VM an operator means by a name, UUID or domid (this host first)."""
+        """The VM an operator means by a UUID, a name or a domid.
+
+        Names and domids prefer this host's VMs, and among several VMs that
+        carried the name, the one seen last (a recreated VM)."""
         with self._read() as conn:
             ref, _ = self._resolve(conn, vm)
             return ref
@@ -321,7 +329,14 @@ class Store:
             return [_domain_ref(r) for r in conn.execute(query)]
 
     def _resolve(self, conn: Connection, vm: str | DomainRef) -> tuple[DomainRef, int]:
-        cols = (domains.c.id, domains.c.uuid, domains.c.name, domains.c.domid, domains.c.host_id)
+        cols = (
+            domains.c.id,
+            domains.c.uuid,
+            domains.c.name,
+            domains.c.domid,
+            domains.c.host_id,
+            domains.c.last_seen_ms,
+        )
         if isinstance(vm, DomainRef):
             row = conn.execute(select(*cols).where(domains.c.uuid == vm.uuid)).first()
             if row is None:
@@ -341,13 +356,15 @@ class Store:
             ).all()
         local = [r for r in rows if r.host_id == host_id]
         candidates = local or rows
-        if len(candidates) == 1:
-            return _domain_ref(candidates[0]), int(candidates[0].id)
-        if len(candidates) > 1:
-            uuids = ", ".join(r.uuid for r in candidates)
-            raise UnknownDomain(f"{text!r} matches several VMs ({uuids}); give the UUID")
+        if candidates:
+            # A name reused by a recreated VM means the newest one.
+            best = max(candidates, key=lambda r: (r.last_seen_ms, r.id))
+            return _domain_ref(best), int(best.id)
         known = conn.execute(
-            select(domains.c.name).order_by(domains.c.last_seen_ms.desc()).limit(8)
+            select(domains.c.name)
+            .group_by(domains.c.name)
+            .order_by(func.max(domains.c.last_seen_ms).desc())
+            .limit(8)
         ).scalars()
         hint = ", ".join(known)
         raise UnknownDomain(
@@ -738,9 +755,10 @@ class Store:
         tail_start = first if mark is None else max(first, mark)
         if tail_start <= end_ms:
             # Buckets not rolled up yet (the last few minutes): aggregate raw now.
-            agg = rollup.aggregate_select(res, tail_start, end_ms + 1, [domain_id]).subquery()
+            agg = rollup.aggregate_select(res, by_domain=True).subquery()
             rows += conn.execute(
-                select(agg.c.t_ms, agg.c.n, *(agg.c[n] for n in names)).order_by(agg.c.t_ms)
+                select(agg.c.t_ms, agg.c.n, *(agg.c[n] for n in names)).order_by(agg.c.t_ms),
+                rollup.aggregate_params(tail_start, end_ms + 1, [domain_id]),
             ).all()
         out = []
         for row in rows:
@@ -1130,7 +1148,9 @@ def open_store(
             check_schema(conn, url)
     except OperationalError as exc:
         engine.dispose()
-        raise StoreUnavailable(f"history database {display_url(url)}: {exc.orig}") from exc
+        raise StoreUnavailable(
+            f"history database {display_url(url)}: {one_line(exc.orig)}"
+        ) from exc
     except BaseException:
         engine.dispose()
         raise

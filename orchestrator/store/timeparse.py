@@ -49,12 +49,12 @@ def parse_range(
     default_span_s: float,
 ) -> tuple[datetime, datetime]:
     """Resolve a (since, until) pair; missing `until` is now, missing `since`
-    is `default_span_s` before `until`. Refuses an empty or inverted range."""
+    is `default_span_s` before `until`. Refuses an inverted range."""
     end = _resolve(until, now) if until is not None else now.astimezone(UTC)
     start = _resolve(since, now) if since is not None else end - timedelta(seconds=default_span_s)
-    if start >= end:
+    if start > end:
         raise UsageError(
-            f"time range is empty: since {start.isoformat()} is not before until {end.isoformat()}"
+            f"time range is empty: since {start.isoformat()} is after until {end.isoformat()}"
         )
     return start, end
 

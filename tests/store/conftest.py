@@ -1,0 +1,103 @@
+"""Fixtures of the store tests: every store test runs on a real SQLite file and
+on the real PostgreSQL server, each PostgreSQL test in a schema of its own."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
+
+from orchestrator.store import DomainRef, Sample, Store, StoreConfig, migrate, open_store
+from orchestrator.store.engine import resolve_db_url
+
+# A fixed, round start time: 2026-03-02 00:00 UTC.
+T0 = datetime(2026, 3, 2, tzinfo=UTC)
+
+
+@dataclass
+class FakeClock:
+    """The store's injected clock: seconds since the epoch, moved by the test."""
+
+    t: float
+
+    def __call__(self) -> float:
+        return self.t
+
+    def set(self, moment: datetime) -> None:
+        self.t = moment.timestamp()
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def _pg_schema_url(base: str) -> Iterator[URL]:
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(base, poolclass=NullPool)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
+    """An empty database: a SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield resolve_db_url(str(tmp_path / "ballast.db"))
+        return
+    yield from _pg_schema_url(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def pg_url(postgres_url: str) -> Iterator[URL]:
+    """A fresh PostgreSQL schema (for tests that only make sense there)."""
+    yield from _pg_schema_url(postgres_url)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0.timestamp())
+
+
+@pytest.fixture
+def migrated_url(db_url: URL) -> URL:
+    migrate.upgrade(db_url)
+    return db_url
+
+
+@pytest.fixture
+def store(migrated_url: URL, clock: FakeClock) -> Iterator[Store]:
+    """A migrated, opened store on host `h1` with the fake clock."""
+    with open_store(migrated_url, config=StoreConfig(host="h1"), clock=clock) as opened:
+        yield opened
+
+
+def vm(i: int, *, name: str | None = None, domid: int | None = None) -> DomainRef:
+    """The i-th test VM (stable UUID)."""
+    return DomainRef(
+        uuid=str(uuid.UUID(int=0xBA11A57 << 64 | i)),
+        name=name or f"vm{i}",
+        domid=i + 1 if domid is None else domid,
+    )
+
+
+def sample(dom: DomainRef, at: datetime, **figures: int | float | None) -> Sample:
+    """A sample with plausible defaults for the figures not given."""
+    values: dict[str, int | float | None] = {"target_kb": 1 << 20, "actual_kb": 1 << 20}
+    values.update(figures)
+    return Sample(domain=dom, time=at, **values)  # type: ignore[arg-type]
+
+
+def every(start: datetime, step_s: float, count: int) -> list[datetime]:
+    return [start + timedelta(seconds=step_s * k) for k in range(count)]
