@@ -115,17 +115,20 @@ class ServerThread:
 
 
 class ServerProcess:
-    """``ballast xenstored --dir DIR`` as a child process."""
+    """The daemon as a child process: ``ballast xenstored`` when ``via_cli``, else the
+    lighter ``python -m orchestrator.xenstore`` (same daemon, faster start)."""
 
     def __init__(
         self,
         directory: str | os.PathLike[str],
         *,
         domains: Iterable[int] = (),
+        via_cli: bool = False,
         python: str = sys.executable,
     ) -> None:
         self.directory = Path(directory)
         self.domains = tuple(domains)
+        self.via_cli = via_cli
         self.python = python
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -152,8 +155,11 @@ class ServerProcess:
 
     def start(self) -> None:
         """Start the daemon and wait until every socket accepts clients."""
-        args = [self.python, "-c", "from orchestrator.cli.main import main; main()",
-                "xenstored", "--dir", os.fspath(self.directory)]  # fmt: skip
+        if self.via_cli:
+            entry = ["-c", "from orchestrator.cli.main import main; main()", "xenstored"]
+        else:
+            entry = ["-m", "orchestrator.xenstore"]
+        args = [self.python, *entry, "--dir", os.fspath(self.directory)]
         for domid in self.domains:
             args += ["--introduce", str(domid)]
         self.process = subprocess.Popen(
@@ -165,10 +171,10 @@ class ServerProcess:
             if self.process.poll() is not None:
                 stderr = self.process.stderr
                 err = stderr.read().decode(errors="replace") if stderr is not None else ""
-                raise FatalError(f"ballast xenstored exited at start: {err.strip()}")
+                raise FatalError(f"xenstored exited at start: {err.strip()}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise FatalError(f"ballast xenstored did not start within {_START_TIMEOUT_S} s")
+                raise FatalError(f"xenstored did not start within {_START_TIMEOUT_S} s")
             time.sleep(0.02)
 
     @property
