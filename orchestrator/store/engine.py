@@ -11,7 +11,7 @@ guest's memory and the policies steer them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -130,21 +130,34 @@ def _sqlite_file(url: URL, *, create: bool) -> None:
         )
 
 
-def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
-    # Take transaction control away from the sqlite3 module: SQLAlchemy's
-    # "begin" event below emits BEGIN itself (the documented pysqlite recipe).
-    dbapi_conn.isolation_level = None
-    cur = dbapi_conn.cursor()
-    cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    cur.execute("PRAGMA journal_mode = WAL")
-    # WAL + NORMAL: a committed transaction survives a process crash; a power
-    # loss may lose the last commits but never corrupts the file.
-    cur.execute("PRAGMA synchronous = NORMAL")
-    cur.execute("PRAGMA foreign_keys = ON")
-    cur.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-    cur.execute("PRAGMA temp_store = MEMORY")
-    cur.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
-    cur.close()
+def _sqlite_on_connect(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control away from the sqlite3 module: SQLAlchemy's
+        # "begin" event below emits BEGIN itself (the documented pysqlite recipe).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL: a committed transaction survives a process crash; a power
+        # loss may lose the last commits but never corrupts the file.
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        cur.execute("PRAGMA temp_store = MEMORY")
+        cur.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
+        cur.close()
+
+    return on_connect
+
+
+def _postgres_on_connect(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Like SQLite's busy_timeout: give up on a lock after this long instead
+        # of waiting forever, so the writer can count, drop and retry.
+        dbapi_conn.execute(f"SET lock_timeout = {busy_timeout_ms}")
+        dbapi_conn.commit()
+
+    return on_connect
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
@@ -156,30 +169,40 @@ def _sqlite_on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
-def make_engine(url: URL, *, create: bool = False, pool_size: int = 4) -> Engine:
+def make_engine(
+    url: URL,
+    *,
+    create: bool = False,
+    pool_size: int = 4,
+    busy_timeout_s: float = BUSY_TIMEOUT_MS / 1000,
+) -> Engine:
     """Create an engine for `url` with Ballast's connection settings.
 
     A missing SQLite file is created only when `create` is true; otherwise it
-    is an error naming the command that creates it.
+    is an error naming the command that creates it. `busy_timeout_s` is how
+    long a statement waits for a lock held by another connection.
     """
+    timeout_ms = max(1, round(busy_timeout_s * 1000))
     if is_sqlite(url):
         _sqlite_file(url, create=create)
         engine = create_engine(
             url,
-            connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            connect_args={"timeout": timeout_ms / 1000, "check_same_thread": False},
             pool_size=pool_size,
             max_overflow=8,
         )
-        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "connect", _sqlite_on_connect(timeout_ms))
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=8,
         pool_pre_ping=True,
         connect_args={"connect_timeout": 10},
     )
+    event.listen(engine, "connect", _postgres_on_connect(timeout_ms))
+    return engine
 
 
 def make_oneshot_engine(url: URL, *, create: bool = False) -> Engine:
@@ -187,7 +210,7 @@ def make_oneshot_engine(url: URL, *, create: bool = False) -> Engine:
     if is_sqlite(url):
         _sqlite_file(url, create=create)
         engine = create_engine(url, poolclass=NullPool)
-        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "connect", _sqlite_on_connect(BUSY_TIMEOUT_MS))
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     return create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10})

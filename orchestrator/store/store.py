@@ -153,6 +153,8 @@ class StoreConfig:
     """A bucket is rolled up once it closed this long ago (late writes)."""
     rollup_chunk_s: float = 3600.0
     """Span of buckets rolled up per transaction when catching up."""
+    busy_timeout_s: float = 5.0
+    """How long a statement waits for a lock another connection holds."""
 
     def __post_init__(self) -> None:
         if not 0 < len(self.host) <= 255:
@@ -165,6 +167,8 @@ class StoreConfig:
             raise UsageError("rollup_grace_s must be between 0 and 3600")
         if not 60 <= self.rollup_chunk_s <= 86400:
             raise UsageError("rollup_chunk_s must be between 60 and 86400")
+        if not 0.001 <= self.busy_timeout_s <= 600:
+            raise UsageError("busy_timeout_s must be between 0.001 and 600")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,16 +290,19 @@ class Store:
     def _ensure_host(self, conn: Connection) -> int:
         if self._host_id is not None:
             return self._host_id
-        now_ms = to_ms(self.now())
+        query = select(hosts.c.id).where(hosts.c.name == self.config.host)
+        found = conn.execute(query).scalar()
+        if found is not None:
+            # Cached only once seen committed: an id from a transaction that
+            # later rolls back must not outlive it.
+            self._host_id = int(found)
+            return self._host_id
         conn.execute(
             self._insert(hosts)
-            .values(name=self.config.host, created_ms=now_ms)
+            .values(name=self.config.host, created_ms=to_ms(self.now()))
             .on_conflict_do_nothing(index_elements=[hosts.c.name])
         )
-        host_id = conn.execute(select(hosts.c.id).where(hosts.c.name == self.config.host)).scalar()
-        assert host_id is not None
-        self._host_id = int(host_id)
-        return self._host_id
+        return int(conn.execute(query).scalar_one())
 
     def _find_host_id(self, conn: Connection, host: str | None) -> int | None:
         name = host or self.config.host
@@ -1142,7 +1149,8 @@ def open_store(
     then /var/lib/ballast/ballast.db), refusing one whose schema does not
     match this code with a message naming the `ballast db` command to run."""
     url = db if isinstance(db, URL) else resolve_db_url(db)
-    engine = make_engine(url)
+    config = config or StoreConfig()
+    engine = make_engine(url, busy_timeout_s=config.busy_timeout_s)
     try:
         with engine.connect() as conn:
             check_schema(conn, url)
@@ -1154,7 +1162,7 @@ def open_store(
     except BaseException:
         engine.dispose()
         raise
-    return Store(engine, url, config or StoreConfig(), clock=clock)
+    return Store(engine, url, config, clock=clock)
 
 
 # ------------------------------------------------------------------ helpers
