@@ -24,7 +24,7 @@ from orchestrator.telemetry.settings import BrokerSettings, TlsSettings
 MAX_INCOMING_MESSAGES: Final = 100_000
 # QoS 1 publishes in flight at once; paho's default of 20 throttles a burst
 # of 1,000 VM states to round trips.
-MAX_INFLIGHT: Final = 200
+MAX_INFLIGHT: Final = 50
 
 def tls_context(tls: TlsSettings) -> ssl.SSLContext:
     """An SSL context from Ballast's TLS settings; bad files are a UsageError."""

@@ -9,7 +9,9 @@ The controller holds a :class:`Telemetry` for its whole run::
         telemetry.clear_vm("gone-vm")
 
 Every ``publish_*`` call encodes the message, remembers the latest retained
-value per topic, appends to a bounded queue and returns. One task keeps a
+value per topic, appends to a bounded queue and returns; a retained value
+equal to the one already remembered is not sent again, so a level-triggered
+controller may publish every VM every cycle and only changes go out. One task keeps a
 connection: it connects with exponential backoff, subscribes to the command
 topics, republishes every remembered retained value (status, VM states,
 pending clears) after each (re)connect, then sends the queue. When the queue
@@ -73,7 +75,7 @@ validator and the store (audit source ``mqtt``, ``who`` = identity.audit_name)."
 
 # Publishes awaiting their acknowledgement at once; a multiple of what one
 # cycle of a large host (1,000 VMs) produces per round trip.
-_PUBLISH_WINDOW: Final = 200
+_PUBLISH_WINDOW: Final = 50
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +98,8 @@ class TelemetryStats:
     """Commands received (valid or not)."""
     commands_rejected: int
     """Commands answered with an error."""
+    unchanged: int
+    """Retained values not sent because they equal what was last published."""
     unpublishable: int
     """Calls refused because a host or VM name cannot be a topic level."""
     last_error: str | None
@@ -134,6 +138,9 @@ class Telemetry:
         self._retained: dict[str, bytes] = {}
         # Retained topics whose latest value was dropped from a full queue.
         self._dirty: set[str] = set()
+        # Per VM name: its topic, and the last state handed over.
+        self._vm_topics: dict[str, str] = {}
+        self._vm_states: dict[str, VmStateMsg] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._connected = False
@@ -144,6 +151,7 @@ class Telemetry:
         self._commands = 0
         self._commands_rejected = 0
         self._unpublishable = 0
+        self._unchanged = 0
         self._bad_names: set[str] = set()
         self._last_error: str | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
@@ -202,6 +210,7 @@ class Telemetry:
             connects=self._connects,
             commands=self._commands,
             commands_rejected=self._commands_rejected,
+            unchanged=self._unchanged,
             unpublishable=self._unpublishable,
             last_error=self._last_error,
         )
@@ -211,15 +220,22 @@ class Telemetry:
         self._put_retained(self._topics.status, encode_status(status))
 
     def publish_vm_state(self, name: str, state: VmStateMsg) -> None:
-        """Publish one VM's state (retained)."""
+        """Publish one VM's state (retained); an unchanged state costs a comparison."""
         topic = self._vm_topic(name)
-        if topic is not None:
-            self._put_retained(topic, encode_vm_state(state))
+        if topic is None:
+            return
+        if self._vm_states.get(name) == state and topic not in self._dirty:
+            self._unchanged += 1
+            return
+        self._vm_states[name] = state
+        self._put_retained(topic, encode_vm_state(state))
 
     def clear_vm(self, name: str) -> None:
         """Remove a VM's retained state (the VM went away)."""
         topic = self._vm_topic(name)
         if topic is not None:
+            self._vm_states.pop(name, None)
+            self._vm_topics.pop(name, None)
             self._put_retained(topic, b"")
 
     def publish_event(self, event: EventMsg) -> None:
@@ -227,8 +243,11 @@ class Telemetry:
         self._enqueue(_Outgoing(self._topics.events, encode_event(event), retain=False))
 
     def _vm_topic(self, name: str) -> str | None:
+        topic = self._vm_topics.get(name)
+        if topic is not None:
+            return topic
         try:
-            return self._topics.vm_state(name)
+            topic = self._vm_topics[name] = self._topics.vm_state(name)
         except InvalidName as exc:
             # Documented in docs/mqtt.md: such a VM is controlled but not
             # published; say so once per name rather than every cycle.
@@ -237,8 +256,14 @@ class Telemetry:
                 self._bad_names.add(name)
                 log.warning("VM %r is not published over MQTT: %s", name, exc)
             return None
+        return topic
 
     def _put_retained(self, topic: str, payload: bytes) -> None:
+        if self._retained.get(topic) == payload and topic not in self._dirty:
+            # Level-triggered callers repeat unchanged states every cycle; the
+            # broker already holds this one (or will get it on a resync).
+            self._unchanged += 1
+            return
         self._retained[topic] = payload
         if not self._enqueue(_Outgoing(topic, payload, retain=True)):
             self._dirty.add(topic)

@@ -138,7 +138,8 @@ class VmStateMsg:
     reason: str
     """Why the target is what it is, for humans (at most 200 characters)."""
     updated: float
-    """When the controller decided this, Unix seconds."""
+    """When this state last changed, Unix seconds. Keep it while nothing else
+    changes: an identical state is then not sent again."""
 
     def __post_init__(self) -> None:
         _check_kb(self.target_kb, "target_kb")

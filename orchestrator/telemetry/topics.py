@@ -23,7 +23,7 @@ two names never share a topic. Empty names, names longer than
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final
 
@@ -60,6 +60,14 @@ def _must_escape(char: str) -> bool:
     )
 
 
+# Everything _must_escape accepts, as one character class (the fast path).
+_ESCAPE_RE = re.compile(
+    "[%/+#\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ud800-\udfff"
+    + "".join(f"\\U{plane:04x}fffe\\U{plane:04x}ffff" for plane in range(17))
+    + "]"
+)
+
+
 def encode_segment(name: str) -> str:
     """Put a host or VM name into one topic level (see the module docstring)."""
     if not name:
@@ -70,6 +78,8 @@ def encode_segment(name: str) -> str:
         raise InvalidName(f"name {name!r} holds a lone surrogate and is not text") from None
     if len(raw) > MAX_NAME_BYTES:
         raise InvalidName(f"name {name[:40]!r}... is {len(raw)} bytes, over {MAX_NAME_BYTES}")
+    if _ESCAPE_RE.search(name) is None:
+        return name
     parts: list[str] = []
     for char in name:
         if _must_escape(char):
@@ -147,15 +157,12 @@ class HostTopics:
 
     prefix: str
     host: str
+    base: str = field(init=False, repr=False, compare=False)
+    """``<prefix>/<encoded host>``."""
 
     def __post_init__(self) -> None:
         validate_prefix(self.prefix)
-        encode_segment(self.host)
-
-    @property
-    def base(self) -> str:
-        """``<prefix>/<host>``."""
-        return f"{self.prefix}/{encode_segment(self.host)}"
+        object.__setattr__(self, "base", f"{self.prefix}/{encode_segment(self.host)}")
 
     @property
     def status(self) -> str:

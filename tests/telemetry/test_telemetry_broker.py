@@ -115,8 +115,15 @@ async def test_retained_states_appear_and_are_cleared(
         ]
         assert json.loads("{" + raw[1].split(" {", 1)[1])["target_kb"] == 1 << 20
 
+        # A level-triggered controller repeats unchanged states: not sent again.
+        web_state = _state(1 << 20)
+        telemetry.publish_vm_state("web-1", web_state)
+        telemetry.publish_vm_state("web-1", web_state)
+        await eventually(lambda: telemetry.stats.published >= 5, what="the changed state")
+        assert telemetry.stats.unchanged == 1
+
         telemetry.clear_vm(odd_vm)
-        await eventually(lambda: telemetry.stats.published >= 5, what="the clear")
+        await eventually(lambda: telemetry.stats.published >= 6, what="the clear")
         (host,) = (await _fleet(mqtt_broker, prefix)).hosts
         assert [vm.name for vm in host.vms] == ["web-1"]
         assert telemetry.stats.dropped == 0
@@ -340,3 +347,27 @@ async def test_unreachable_broker_is_a_clear_error(prefix: str) -> None:
     broker = BrokerSettings(host="127.0.0.1", port=free_port())
     with pytest.raises(TransientError, match=r"cannot reach the MQTT broker mqtt://127\.0\.0\.1"):
         await fetch_fleet(broker, prefix, timeout_s=1)
+
+
+async def test_full_queue_converges_on_latest_state(
+    mqtt_broker: tuple[str, int], prefix: str
+) -> None:
+    settings = _settings(mqtt_broker, prefix, "tiny-queue", queue_size=5)
+    async with Telemetry(settings) as telemetry:
+        await eventually(lambda: telemetry.stats.connected, what="connection")
+        # One burst, no await in between: the queue holds 5, the rest is dropped
+        # and counted; the dropped latest values go out once the queue drains.
+        for i in range(40):
+            telemetry.publish_vm_state(f"vm-{i}", _state(1000 + i))
+        for i in range(40):
+            telemetry.publish_vm_state(f"vm-{i}", _state(5000 + i))
+        assert telemetry.stats.dropped == 75
+        await eventually(lambda: telemetry.stats.republished >= 35, what="drained drops")
+        await eventually(lambda: telemetry.stats.queued == 0, what="empty queue")
+
+        async def converged() -> bool:
+            (host,) = (await _fleet(mqtt_broker, prefix)).hosts
+            got = {vm.name: vm.state.target_kb for vm in host.vms if vm.state}
+            return got == {f"vm-{i}": 5000 + i for i in range(40)}
+
+        await eventually(converged, what="latest states at the broker")
