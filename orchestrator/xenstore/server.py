@@ -25,7 +25,7 @@ import os
 import signal
 import socket
 import stat
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +199,8 @@ class XenstoreServer:
         self.settings = settings or ServerSettings()
         self.store = Store(quotas=self.settings.quotas)
         self.watches = WatchTable()
+        self.requests: Counter[int] = Counter()
+        """Requests received per message type, for statistics and tests."""
         self._targets: dict[int, int] = {}
         self._domains: dict[int, _Domain] = {}
         self._connections: set[_Connection] = set()
@@ -432,6 +434,7 @@ class XenstoreServer:
     # --- request dispatch ----------------------------------------------------------
 
     def _handle(self, conn: _Connection, packet: Packet) -> None:
+        self.requests[packet.op] += 1
         try:
             request = wire.decode_request(packet.op, packet.payload)
         except ProtocolError as exc:
