@@ -16,6 +16,7 @@ transaction that makes it.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import socket
@@ -204,6 +205,24 @@ class _CachedDomain:
 
 
 _SAMPLE_COLUMNS = tuple(fig.column for fig in ALL_FIGURES)
+_STATE_TEXT = {state: state.value for state in VmState}
+_SAMPLE_INSERT_COLUMNS = ("domain_id", "t_ms", *_SAMPLE_COLUMNS, "state")
+
+
+@functools.cache
+def _samples_insert_sql_for(dialect_name: str, dialect: Any) -> tuple[str, bool]:
+    ins = pg_insert(samples) if dialect_name == "postgresql" else sqlite_insert(samples)
+    stmt = ins.values({c: bindparam(c) for c in _SAMPLE_INSERT_COLUMNS}).on_conflict_do_nothing()
+    compiled = stmt.compile(dialect=dialect)
+    if compiled.positional:
+        order = tuple(compiled.positiontup or ())
+        if order != _SAMPLE_INSERT_COLUMNS:
+            raise AssertionError(f"unexpected parameter order {order}")
+    return str(compiled), bool(compiled.positional)
+
+
+def _samples_insert_sql(dialect_name: str, conn: Connection) -> tuple[str, bool]:
+    return _samples_insert_sql_for(dialect_name, conn.dialect)
 
 
 class Store:
@@ -481,32 +500,33 @@ class Store:
                 refs[e.domain.uuid] = e.domain
         with self._write_lock, self._write() as conn:
             ids = self._domain_ids(conn, refs.values(), now_ms)
-            rows = []
+            rows: list[tuple[Any, ...]] = []
             too_late = 0
             for s in samples_:
                 t_ms = to_ms(s.time)
                 if t_ms < cutoff_ms:
                     too_late += 1
                     continue
+                # In _SAMPLE_INSERT_COLUMNS order.
                 rows.append(
-                    {
-                        "domain_id": ids[s.domain.uuid],
-                        "t_ms": t_ms,
-                        "target_kb": s.target_kb,
-                        "actual_kb": s.actual_kb,
-                        "demand_kb": s.demand_kb,
-                        "available_kb": s.available_kb,
-                        "committed_kb": s.committed_kb,
-                        "swap_used_kb": s.swap_used_kb,
-                        "psi_some_pct": s.psi_some_pct,
-                        "psi_full_pct": s.psi_full_pct,
-                        "refault_per_s": s.refault_per_s,
-                        "swapin_per_s": s.swapin_per_s,
-                        "state": s.state.value,
-                    }
+                    (
+                        ids[s.domain.uuid],
+                        t_ms,
+                        s.target_kb,
+                        s.actual_kb,
+                        s.demand_kb,
+                        s.available_kb,
+                        s.committed_kb,
+                        s.swap_used_kb,
+                        s.psi_some_pct,
+                        s.psi_full_pct,
+                        s.refault_per_s,
+                        s.swapin_per_s,
+                        _STATE_TEXT[s.state],
+                    )
                 )
             if rows:
-                conn.execute(self._insert(samples).on_conflict_do_nothing(), rows)
+                self._insert_samples(conn, rows)
                 self._fix_late(conn, rows)
             if decisions_:
                 conn.execute(
@@ -544,18 +564,33 @@ class Store:
             samples=len(rows), too_late=too_late, decisions=len(decisions_), events=len(events_)
         )
 
-    def _fix_late(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        oldest = min(r["t_ms"] for r in rows)
+    def _insert_samples(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert raw sample rows, ignoring duplicates of kept samples.
+
+        The statement is a Core `insert()`, compiled once per dialect and run
+        with the driver's executemany on plain tuples: SQLAlchemy's per-row
+        parameter processing would cost more than SQLite's insert itself.
+        """
+        sql, positional = _samples_insert_sql(self._dialect, conn)
+        if positional:
+            conn.exec_driver_sql(sql, rows)
+        else:
+            conn.exec_driver_sql(
+                sql, [dict(zip(_SAMPLE_INSERT_COLUMNS, r, strict=True)) for r in rows]
+            )
+
+    def _fix_late(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        oldest = min(r[1] for r in rows)
         marks = rollup.read_marks(conn)
         for res, mark in marks.items():
             if oldest >= mark:
                 continue
             dirty: dict[int, tuple[int, int]] = {}
-            for r in rows:
-                if r["t_ms"] < mark:
-                    b = rollup.bucket_start(r["t_ms"], res)
-                    lo, hi = dirty.get(r["domain_id"], (b, b))
-                    dirty[r["domain_id"]] = (min(lo, b), max(hi, b))
+            for domain_id, t_ms, *_ in rows:
+                if t_ms < mark:
+                    b = rollup.bucket_start(t_ms, res)
+                    lo, hi = dirty.get(domain_id, (b, b))
+                    dirty[domain_id] = (min(lo, b), max(hi, b))
             for domain_id, (lo, hi) in dirty.items():
                 rollup.recompute(conn, res, lo, hi + res.value * 1000, [domain_id])
 
