@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from orchestrator.errors import UsageError
+from orchestrator.sim.ballast_adapter import BallastController
 from orchestrator.sim.baselines.mom import Mom
 from orchestrator.sim.baselines.qmemman import Qmemman
 from orchestrator.sim.baselines.selfballoon import Selfballoon
@@ -33,6 +34,7 @@ from orchestrator.sim.scenario import Scenario
 def controller_factories() -> dict[str, ControllerFactory]:
     """Every controller the benchmark knows, in table order."""
     return {
+        "ballast": BallastController,
         "static": Static,
         "selfballoon": Selfballoon,
         "qmemman": Qmemman,
