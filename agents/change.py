@@ -61,6 +61,9 @@ _SIZE_FIELDS = (
 )
 
 
+_ROUNDING_S = 1e-6
+
+
 def _delta(new: int | None, old: int | None) -> int:
     """Growth of a cumulative counter; 0 if unknown or if it went backwards."""
     if new is None or old is None:
@@ -122,7 +125,8 @@ def report_reason(
         return "guest rebooted"
     if new_ack:
         return "directive outcome"
-    elapsed_s = now_s - last_sent_s
+    # Tick times are sums of float intervals: allow for their rounding.
+    elapsed_s = now_s - last_sent_s + _ROUNDING_S
     if elapsed_s >= policy.heartbeat_s:
         return "heartbeat"
     if elapsed_s < policy.min_interval_s:

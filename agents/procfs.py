@@ -42,7 +42,7 @@ _UNIT_TO_KB: Final[dict[str, float]] = {
 _UNITLESS_MEMINFO: Final = frozenset(
     {"HugePages_Total", "HugePages_Free", "HugePages_Rsvd", "HugePages_Surp"}
 )
-_MEMINFO_LINE = re.compile(r"^([A-Za-z0-9_()]+):\s*(\d+)(?:\s+(\S+))?\s*$")
+_MEMINFO_NAME = re.compile(r"[A-Za-z0-9_()]+")
 # How many complaints one parse may produce; a garbage file must not flood logs.
 MAX_PROBLEMS: Final = 8
 
@@ -89,29 +89,34 @@ def parse_meminfo(text: str) -> Parsed[dict[str, int]]:
     complaints = _Complaints("meminfo")
     values: dict[str, int] = {}
     for number, line in enumerate(_complete_lines(text, complaints), start=1):
-        if not line.strip():
+        # "Name:   value unit", split by hand: this runs every second.
+        name, colon, rest = line.partition(":")
+        parts = rest.split()
+        if not colon or not 1 <= len(parts) <= 2 or not parts[0].isdigit() or (
+            _MEMINFO_NAME.fullmatch(name) is None
+        ):
+            if line.strip():
+                complaints.add(f"line {number} not understood: {line[:60]!r}")
             continue
-        match = _MEMINFO_LINE.match(line)
-        if match is None:
-            complaints.add(f"line {number} not understood: {line[:60]!r}")
-            continue
-        name, digits, unit = match.groups()
         if name in values:
             complaints.add(f"{name} appears twice; kept the first value")
             continue
-        if unit is None:
+        if len(parts) == 1:
             if name in _UNITLESS_MEMINFO:
-                values[name] = int(digits)
+                values[name] = int(parts[0])
             else:
                 complaints.add(f"{name} has no unit (kB expected); ignored")
+            continue
+        unit = parts[1]
+        if unit == "kB":
+            values[name] = int(parts[0])
             continue
         factor = _UNIT_TO_KB.get(unit.lower())
         if factor is None:
             complaints.add(f"{name} is in unknown unit {unit!r}; ignored")
             continue
-        if unit != "kB":
-            complaints.add(f"{name} is in {unit!r}, not kB; converted")
-        values[name] = math.floor(int(digits) * factor)
+        complaints.add(f"{name} is in {unit!r}, not kB; converted")
+        values[name] = math.floor(int(parts[0]) * factor)
     return Parsed(values, complaints.done())
 
 
@@ -120,18 +125,22 @@ def parse_vmstat(text: str) -> Parsed[dict[str, int]]:
     complaints = _Complaints("vmstat")
     values: dict[str, int] = {}
     for number, line in enumerate(_complete_lines(text, complaints), start=1):
-        parts = line.split()
-        if not parts:
-            continue
+        name, space, value = line.partition(" ")
+        if not value.isdigit():  # the kernel prints "name value"; be lenient otherwise
+            parts = line.split()
+            name, space, value = (parts[0], " ", parts[1]) if len(parts) == 2 else ("", "", "")
         # Counters are unsigned, but a few gauges (nr_*) can read negative for a
         # moment because per-CPU deltas are folded in lazily (mm/vmstat.c).
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            complaints.add(f"line {number} not understood: {line[:60]!r}")
+        if not (space and name and (value.isdigit() or (
+            value[:1] == "-" and value[1:].isdigit()
+        ))):
+            if line.strip():
+                complaints.add(f"line {number} not understood: {line[:60]!r}")
             continue
-        if parts[0] in values:
-            complaints.add(f"{parts[0]} appears twice; kept the first value")
+        if name in values:
+            complaints.add(f"{name} appears twice; kept the first value")
             continue
-        values[parts[0]] = int(parts[1])
+        values[name] = int(value)
     return Parsed(values, complaints.done())
 
 
@@ -218,6 +227,8 @@ class ZoneReserve:
 
 _ZONE_HEADER = re.compile(r"^Node\s+(\d+),\s+zone\s+(\S+)\s*$")
 _ZONE_VALUE = re.compile(r"^\s+(pages free|boost|min|low|high|managed|present)\s+(\d+)\s*$")
+_ZONE_WORDS = ("Node ", "pages free", "boost ", "min ", "low ", "high ", "managed ",
+               "present ", "protection:")
 _PROTECTION = re.compile(r"^\s+protection:\s+\(([-\d,\s]*)\)\s*$")
 
 
@@ -265,6 +276,9 @@ def parse_zoneinfo(text: str) -> Parsed[tuple[ZoneReserve, ...] | None]:
             complaints.add(f"node {current[0]} zone {current[1]} lacks high, managed or protection")
 
     for line in text.split("\n"):
+        # Most lines are statistics the reserve does not need; skip them cheaply.
+        if not line.lstrip().startswith(_ZONE_WORDS):
+            continue
         header = _ZONE_HEADER.match(line)
         if header is not None:
             finish()

@@ -59,6 +59,9 @@ class AgentSettings:
     """Swap-shrink actuator."""
     guard: ShrinkGuard = field(default_factory=ShrinkGuard)
     """Room a swap shrink must leave."""
+    xenstore_timeout_s: float = 5.0
+    """Longest wait for one xenstore request, seconds; then the connection is
+    considered lost."""
     backoff_initial_s: float = 0.5
     """First wait after xenstore became unavailable, seconds; doubles each time."""
     backoff_max_s: float = 30.0
@@ -107,6 +110,7 @@ def make_settings(
     shrink_margin: str = "64M",
     shrink_margin_percent: float = 5.0,
     shrink_max_psi: float = 10.0,
+    xenstore_timeout: str = "5s",
 ) -> AgentSettings:
     """Build settings from operator text; raise ``UsageError`` on bad values.
 
@@ -142,6 +146,9 @@ def make_settings(
     interval_s = parse_duration_s(interval)
     if interval_s <= 0:
         raise UsageError("the sampling interval must be positive")
+    timeout_s = parse_duration_s(xenstore_timeout)
+    if timeout_s <= 0:
+        raise UsageError("the xenstore timeout must be positive")
     policy = ReportPolicy(
         heartbeat_s=parse_duration_s(heartbeat),
         min_interval_s=parse_duration_s(min_interval),
@@ -162,4 +169,5 @@ def make_settings(
         policy=policy,
         shrink=cast(ShrinkKind, shrink),
         guard=guard,
+        xenstore_timeout_s=timeout_s,
     )

@@ -187,12 +187,18 @@ def read_text(path: Path) -> str:
 class ProcMemorySource:
     """A ``MemorySource`` over a Linux ``/proc`` and ``/sys`` under ``root``."""
 
-    def __init__(self, root: Path, *, page_kb: int = 4) -> None:
-        """``page_kb``: the guest's page size in KiB (4 on x86; zoneinfo counts pages)."""
-        if page_kb <= 0:
-            raise ValueError("page_kb must be positive")
+    def __init__(self, root: Path, *, page_kb: int = 4, zoneinfo_every: int = 60) -> None:
+        """``page_kb``: the guest's page size in KiB (4 on x86; zoneinfo counts pages).
+        ``zoneinfo_every``: re-read zoneinfo every this many samples. It is the
+        costliest file to read and parse, and the reserve only changes when the
+        kernel recomputes watermarks (sysctl writes, memory hotplug)."""
+        if page_kb <= 0 or zoneinfo_every <= 0:
+            raise ValueError("page_kb and zoneinfo_every must be positive")
         self.root = root
         self.page_kb = page_kb
+        self.zoneinfo_every = zoneinfo_every
+        self._samples = 0
+        self._reserve: tuple[int | None, tuple[Problem, ...]] | None = None
 
     def _read(
         self, relative: str, problems: list[Problem], *, optional: bool = False
@@ -271,11 +277,7 @@ class ProcMemorySource:
                 if count is not None and count < 0:
                     values[key] = None
 
-        text = self._read(ZONEINFO, problems)
-        if text is not None:
-            zones = self._note(parse_zoneinfo(text), ZONEINFO, problems)
-            if zones is not None:
-                values["totalreserve_kb"] = totalreserve_pages(zones) * self.page_kb
+        values["totalreserve_kb"] = self._totalreserve_kb(problems)
 
         # PSI is absent before Linux 4.20 and when booted with psi=0.
         text = self._read(PRESSURE, problems, optional=True)
@@ -301,6 +303,21 @@ class ProcMemorySource:
 
         self._check_selfballoon(problems)
         return MemorySample(**values, problems=tuple(problems))
+
+    def _totalreserve_kb(self, problems: list[Problem]) -> int | None:
+        due = self._samples % self.zoneinfo_every == 0
+        self._samples += 1
+        if self._reserve is None or due or self._reserve[0] is None:
+            found: list[Problem] = []
+            reserve_kb: int | None = None
+            text = self._read(ZONEINFO, found)
+            if text is not None:
+                zones = self._note(parse_zoneinfo(text), ZONEINFO, found)
+                if zones is not None:
+                    reserve_kb = totalreserve_pages(zones) * self.page_kb
+            self._reserve = (reserve_kb, tuple(found))
+        problems.extend(self._reserve[1])
+        return self._reserve[0]
 
     def _check_selfballoon(self, problems: list[Problem]) -> None:
         path = self.root / SELFBALLOON_DIR / "selfballooning"

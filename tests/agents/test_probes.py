@@ -327,3 +327,25 @@ def test_source_never_raises_on_garbage_files(tmp_path_factory: pytest.TempPathF
     except IncompleteSample:
         return
     encode_report(report)
+
+
+def test_zoneinfo_is_reread_every_n_samples(tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "guest"
+    shutil.copytree(FIXTURES / "linux-6.1-xen-pvh-zswap", root)
+    source = ProcMemorySource(root, zoneinfo_every=3)
+    assert source.sample().totalreserve_kb == (3840 + 14393 + 15939) * 4
+    zoneinfo = root / "proc/zoneinfo"
+    # An operator raised vm.min_free_kbytes: the kernel recomputed the watermarks.
+    zoneinfo.write_text(zoneinfo.read_text().replace("high     9354", "high     9999"))
+    assert [source.sample().totalreserve_kb for _ in range(3)] == [
+        (3840 + 14393 + 15939) * 4, (3840 + 14393 + 15939) * 4, (3840 + 5039 + 9999 + 15939) * 4
+    ]
+    # A failed read is retried at the next sample, not after n of them.
+    zoneinfo.write_text("")
+    for _ in range(3):
+        source.sample()
+    assert source.sample().totalreserve_kb is None
+    zoneinfo.write_text(NUMA_ZONEINFO)
+    assert source.sample().totalreserve_kb == (3840 + 2000 + 2200) * 4
