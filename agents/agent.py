@@ -15,9 +15,9 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from agents.actuators import ShrinkActuator
 from agents.core import AgentState, plan_writes
@@ -34,6 +34,9 @@ from orchestrator.xenstore.errors import (
     XenstoreTimeoutError,
 )
 
+if TYPE_CHECKING:
+    from orchestrator.xenstore.client import WatchStream
+
 log = logging.getLogger("ballast.agent")
 
 
@@ -48,8 +51,9 @@ class AgentStore(Protocol):
         """Set ``path`` to ``value``."""
         ...
 
-    def watch(self, path: str) -> AsyncIterator[object]:
-        """Events for changes at or below ``path`` (the first one at once)."""
+    def watch(self, path: str) -> WatchStream:
+        """Changes at or below ``path``; the first event comes at once and again
+        after the client reconnected by itself."""
         ...
 
 
@@ -172,17 +176,33 @@ class Agent:
     # --- reporting -----------------------------------------------------------------
 
     async def _report_loop(self, store: AgentStore) -> None:
+        # PyxsClient reconnects by itself under a session; what it wrote before
+        # may be gone (a restarted xenstored), so count its connections.
+        connects = getattr(store, "connects", 0)
+        interval_s = self.settings.sample_interval_s
+        next_s = self._now()
         while True:
-            await self.tick(store)
+            now_connects = getattr(store, "connects", 0)
+            if now_connects != connects:
+                connects = now_connects
+                self.state = self.state.reconnected()
+            # Ticks keep a fixed cadence and are timed by their scheduled time, so
+            # a heartbeat of n intervals is exactly n ticks whatever the jitter.
+            await self.tick(store, now_s=min(next_s, self._now()))  # early when woken
+            next_s += interval_s
+            now_s = self._now()
+            if next_s < now_s:
+                next_s = now_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.sample_interval_s)
+                await asyncio.wait_for(self._wake.wait(), next_s - now_s)
             self._wake.clear()
 
-    async def tick(self, store: AgentStore) -> None:
-        """Sample once and write what is due."""
+    async def tick(self, store: AgentStore, *, now_s: float | None = None) -> None:
+        """Sample once and write what is due (``now_s``: the tick's time)."""
         sample = self._source.sample()
         self.problems.update("source", sample.problems)
-        now_s = self._now()
+        if now_s is None:
+            now_s = self._now()
         plan = plan_writes(self.state, sample, now_s=now_s, policy=self.settings.policy)
         if plan.unreportable is not None:
             self.problems.raise_("report", Problem(key="unreportable", message=plan.unreportable))
@@ -220,8 +240,9 @@ class Agent:
     # --- directives ----------------------------------------------------------------
 
     async def _directive_loop(self, store: AgentStore) -> None:
-        async for _event in store.watch(self.settings.directive_key):
-            await self._check_directive(store)
+        async with store.watch(self.settings.directive_key) as changes:
+            async for _path in changes:
+                await self._check_directive(store)
 
     async def _check_directive(self, store: AgentStore) -> None:
         key = self.settings.directive_key

@@ -53,6 +53,7 @@ def _root(
     """Ballast: memory orchestrator for Xen hosts."""
 
 
+from orchestrator.cli import agent as agent_cmd  # noqa: E402
 from orchestrator.cli import config_cmd  # noqa: E402
 from orchestrator.cli import db as db_cmd  # noqa: E402
 from orchestrator.cli import fleet as fleet_cmd  # noqa: E402
@@ -62,6 +63,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(fleet_cmd.app, name="fleet")
 app.add_typer(db_cmd.app, name="db")
 app.command("xenstored")(xenstored_cmd.xenstored)
+app.command("agent")(agent_cmd.agent)
 
 
 def main() -> None:
