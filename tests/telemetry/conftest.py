@@ -11,6 +11,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,16 +66,18 @@ def free_port() -> int:
 class PrivateBroker:
     """A mosquitto of our own on a free port, to stop and start at will."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: Path | None = None) -> None:
         self.port = free_port()
+        self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         assert self.proc is None
         # No config file: Mosquitto 2 then listens on localhost only, anonymous
         # allowed, and keeps no retained messages across restarts.
+        args = ["-p", str(self.port)] if self.config is None else ["-c", str(self.config)]
         self.proc = subprocess.Popen(
-            [MOSQUITTO, "-p", str(self.port)],
+            [MOSQUITTO, *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
