@@ -167,9 +167,38 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+# Reports are flat but for one nested object; deeper documents are refused
+# before parsing, so hostile nesting never reaches the recursive JSON decoder.
+MAX_NESTING: Final = 4
+
+
+def _nesting_depth(raw: bytes) -> int:
+    """Deepest ``[``/``{`` nesting outside JSON strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
 def _load_object(raw: bytes, what: str) -> dict[str, Any]:
     if len(raw) > MAX_DOCUMENT_BYTES:
         raise InvalidDocument(f"{what} is {len(raw)} bytes, over the {MAX_DOCUMENT_BYTES} limit")
+    if _nesting_depth(raw) > MAX_NESTING:
+        raise InvalidDocument(f"{what} nests deeper than {MAX_NESTING} levels")
     try:
         text = raw.decode("utf-8")
         doc = json.loads(
@@ -177,7 +206,7 @@ def _load_object(raw: bytes, what: str) -> dict[str, Any]:
         )
     except InvalidDocument:
         raise
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidDocument(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidDocument(f"{what} must be a JSON object, not {type(doc).__name__}")

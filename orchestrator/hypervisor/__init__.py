@@ -42,6 +42,8 @@ class DomainMemory:
     """The configured target (``target_memkb``) at creation, KiB, where known."""
     kind: str | None = None
     """Domain type: ``pv``, ``pvh`` or ``hvm``, where known."""
+    paused: bool = False
+    """The domain is paused and cannot move its balloon."""
 
 
 class Hypervisor(Protocol):

@@ -149,6 +149,8 @@ def merge_domains(
             max_kb=config.max_memkb if config else None,
             target_kb=config.target_memkb if config else None,
             kind=config.kind if config else None,
+            # xl's state column is "rbpscd" with '-' for each flag not set.
+            paused=len(row.state) > 2 and row.state[2] == "p",
         )
     return merged
 

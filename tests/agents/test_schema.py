@@ -181,3 +181,12 @@ def test_report_encoding_is_compact() -> None:
     raw = encode_report(full)
     assert b" " not in raw.replace(b"x" * 200, b"")
     assert len(raw) < 1024
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    detail = '[[[[{{{{\\"]'
+    doc = _valid() | {"directive_ack": {"seq": 1, "outcome": "refused", "detail": detail}}
+    report = decode_report(json.dumps(doc).encode())
+    assert report.directive_ack is not None and report.directive_ack.detail == detail
+    with pytest.raises(InvalidDocument, match="nests deeper"):
+        decode_report(json.dumps(_valid() | {"x": [[[[[1]]]]]}).encode())

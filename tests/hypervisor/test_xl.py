@@ -52,7 +52,7 @@ def test_parse_xl_list_names_with_spaces() -> None:
         ("Domain-0", 0, 4096), ("web01", 1, 2048), ("db primary", 3, 8191),
         ("build-runner", 7, 1023),
     ]
-    assert rows[3].state == "r-----"
+    assert rows[3].state == "--p---"
 
 
 @pytest.mark.parametrize("text", ["", "garbage\n", "Name ID Mem\nweb01 x 10 1 -b---- 1.0\n"])
@@ -82,6 +82,7 @@ def test_merge_keeps_dom0_without_config() -> None:
     )
     assert merged[0].uuid is None and merged[0].actual_kb == 4096 * 1024
     assert merged[3].name == "db primary" and merged[3].max_kb == 16 * 1024 * 1024
+    assert merged[7].paused and not merged[3].paused
 
 
 def _fake_xl(tmp_path: Path, body: str) -> str:

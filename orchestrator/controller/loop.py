@@ -1,0 +1,471 @@
+"""The reconcile loop: observe -> snapshot -> decide -> apply -> record -> publish.
+
+Level-triggered (STYLE 2): each cycle recomputes from what it observes.
+Watches only wake the loop early: a guest's report that needs more memory is
+answered at once, a shrink waits for the law's pacing. Floods of watch events
+coalesce, because a cycle re-reads state instead of consuming events, and
+cycles are at least ``min_gap_s`` apart.
+
+A cycle that cannot observe the fleet (xenstore or the hypervisor is down)
+writes nothing; after xenstore comes back, every domain is re-read before the
+next decision, so no target is ever written from stale data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+from orchestrator.control import ControlState, Plan, Policy, Snapshot, decide
+from orchestrator.controller.actuate import ApplyResult, apply_plan
+from orchestrator.controller.events import ControllerEvent, events_between
+from orchestrator.controller.observe import (
+    DomainView,
+    LogOnce,
+    apply_dom0_keys,
+    apply_guest_keys,
+    build_snapshot,
+    home,
+    identity,
+    list_domids,
+    read_dom0_keys,
+    read_guest_keys,
+)
+from orchestrator.errors import TransientError
+from orchestrator.hypervisor import DomainMemory, Hypervisor
+from orchestrator.xenstore.client import XenstoreClient
+from orchestrator.xenstore.errors import XenstoreConnectionError, XenstoreError
+
+log = logging.getLogger("ballast.controller")
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoopSettings:
+    """Timing of the reconcile loop (the control interval itself is policy)."""
+
+    min_gap_s: float = 0.02
+    """Shortest time between two cycles, seconds: coalesces report floods."""
+    resync_s: float = 30.0
+    """Every domain's keys are re-read at least this often, seconds."""
+    rescan_s: float = 10.0
+    """The domain list is re-read at least this often, seconds."""
+    read_concurrency: int = 512
+    """Most xenstore requests in flight at once."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadedPolicy:
+    """The policy in force and the version of each VM's policy document."""
+
+    policy: Policy
+    versions: Mapping[str, int] = field(default_factory=dict)
+
+
+class PolicySource(Protocol):
+    """Where the controller gets its policy each interval."""
+
+    async def load(self) -> LoadedPolicy:
+        """The current policy; raise TransientError to keep the previous one."""
+        ...
+
+
+class StaticPolicy:
+    """A fixed policy (tests, benchmarks, a controller without a store)."""
+
+    def __init__(self, policy: Policy | None = None) -> None:
+        self.policy = policy or Policy()
+
+    async def load(self) -> LoadedPolicy:
+        return LoadedPolicy(policy=self.policy)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CycleResult:
+    """Everything one cycle saw and did, handed to the sinks."""
+
+    wall_time: datetime
+    """When the cycle observed the fleet (UTC)."""
+    snapshot: Snapshot
+    plan: Plan
+    applied: ApplyResult
+    events: tuple[ControllerEvent, ...]
+    policy: LoadedPolicy
+    views: Mapping[int, DomainView]
+    duration_s: float
+    """Wall time the cycle took, seconds."""
+
+
+class CycleSink(Protocol):
+    """Something fed after every cycle (store, telemetry, metrics); must not block."""
+
+    def cycle(self, result: CycleResult) -> None:
+        """Take the result of a cycle; must return at once."""
+        ...
+
+
+class Controller:
+    """The dom0 controller. ``async with`` it, then ``await run(stop)``."""
+
+    def __init__(
+        self,
+        *,
+        xs: XenstoreClient,
+        hypervisor: Hypervisor,
+        policy: PolicySource,
+        sinks: Sequence[CycleSink] = (),
+        settings: LoopSettings | None = None,
+        clock: Callable[[], float] | None = None,
+        wall_clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._xs = xs
+        self._hv = hypervisor
+        self._policy_source = policy
+        self._sinks = list(sinks)
+        self.settings = settings or LoopSettings()
+        self._clock = clock
+        self._wall = wall_clock or (lambda: datetime.now(UTC))
+        self._views: dict[int, DomainView] = {}
+        self._watchers: dict[int, asyncio.Task[None]] = {}
+        self._dirty: set[int] = set()
+        self._resync_queue: list[int] = []
+        self._need_full_read = True
+        self._need_rescan = True
+        self._last_rescan = float("-inf")
+        self._first_rescan = True
+        self._resync_started = float("-inf")
+        self._state = ControlState()
+        self._plan: Plan | None = None
+        self._loaded: LoadedPolicy | None = None
+        self._policy_loaded_at = float("-inf")
+        self._policy_dirty = True
+        self._wake = asyncio.Event()
+        self._pending_events: list[ControllerEvent] = []
+        self._problems = LogOnce(log)
+        self._sem: asyncio.Semaphore | None = None
+        self.cycles = 0
+        self.failed_cycles = 0
+
+    # ------------------------------------------------------------------ wiring
+
+    def now(self) -> float:
+        """The controller's monotonic clock, seconds."""
+        if self._clock is not None:
+            return self._clock()
+        return asyncio.get_running_loop().time()
+
+    def add_sink(self, sink: CycleSink) -> None:
+        """Feed ``sink`` after every cycle from now on."""
+        self._sinks.append(sink)
+
+    def wake(self) -> None:
+        """Run a cycle as soon as the minimum gap allows."""
+        self._wake.set()
+
+    def policy_changed(self) -> None:
+        """Reload the policy before the next cycle and run it soon."""
+        self._policy_dirty = True
+        self._wake.set()
+
+    @property
+    def last_plan(self) -> Plan | None:
+        """The plan of the last successful cycle."""
+        return self._plan
+
+    @property
+    def views(self) -> Mapping[int, DomainView]:
+        """What the controller knows of each domain."""
+        return self._views
+
+    # -------------------------------------------------------------------- loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run cycles until ``stop`` is set; the cycle in flight always finishes."""
+        self._sem = asyncio.Semaphore(self.settings.read_concurrency)
+        domain_watch = asyncio.create_task(self._watch_domains(), name="watch-domains")
+        try:
+            last_start = float("-inf")
+            while not stop.is_set():
+                gap = last_start + self.settings.min_gap_s - self.now()
+                if gap > 0:
+                    await asyncio.sleep(gap)
+                last_start = self.now()
+                self._wake.clear()
+                await self.run_cycle()
+                interval = self._interval_s()
+                await _wait_any(stop, self._wake, timeout_s=interval)
+        finally:
+            domain_watch.cancel()
+            for task in self._watchers.values():
+                task.cancel()
+            await asyncio.gather(domain_watch, *self._watchers.values(), return_exceptions=True)
+            self._watchers.clear()
+
+    def _interval_s(self) -> float:
+        if self._loaded is None:
+            return 5.0
+        return self._loaded.policy.host.interval_s
+
+    async def run_cycle(self) -> CycleResult | None:
+        """One reconcile cycle; None when the fleet could not be observed."""
+        started = time.perf_counter()
+        try:
+            snapshot = await self._observe()
+            loaded = await self._load_policy()
+        except TransientError as exc:
+            self.failed_cycles += 1
+            if isinstance(exc, XenstoreConnectionError):
+                self._need_full_read = True
+            self._problems.problem("cycle", f"cycle skipped, nothing written: {exc}")
+            return None
+        self._problems.recovered("cycle", "observing the fleet again")
+        plan = decide(snapshot, loaded.policy, self._state)
+        applied = await apply_plan(self._xs, plan, self._views)
+        self._after_apply(plan, applied)
+        events = (*self._pending_events, *events_between(self._plan, plan))
+        self._pending_events.clear()
+        self._plan = plan
+        self._state = plan.state
+        self.cycles += 1
+        result = CycleResult(
+            wall_time=self._wall(),
+            snapshot=snapshot,
+            plan=plan,
+            applied=applied,
+            events=events,
+            policy=loaded,
+            views=dict(self._views),
+            duration_s=time.perf_counter() - started,
+        )
+        for sink in self._sinks:
+            try:
+                sink.cycle(result)
+            except Exception:  # a sink bug must never stop control
+                log.exception("a cycle sink failed: %r", sink)
+        return result
+
+    def _after_apply(self, plan: Plan, applied: ApplyResult) -> None:
+        for domid, target in applied.targets_written.items():
+            if domid in self._views:
+                self._views[domid] = replace(self._views[domid], target_kb=target)
+        for domid, seq in applied.directives_written.items():
+            if domid in self._views:
+                self._views[domid] = replace(self._views[domid], directive_seq=seq)
+        for domid, flag in applied.flags_changed.items():
+            if domid in self._views:
+                self._views[domid] = replace(self._views[domid], uncooperative_flag=flag)
+        for domid, exc in applied.errors.items():
+            self._problems.problem(f"{domid}/apply", f"domain {domid}: write failed: {exc}")
+            # Re-read this domain fully next cycle: our picture of it may be wrong.
+            self._resync_queue.insert(0, domid)
+        for domid in plan.write_order:
+            if domid not in applied.errors:
+                self._problems.recovered(f"{domid}/apply")
+
+    async def _load_policy(self) -> LoadedPolicy:
+        now = self.now()
+        stale = now - self._policy_loaded_at >= self._interval_s()
+        if self._loaded is None or self._policy_dirty or stale:
+            try:
+                self._loaded = await self._policy_source.load()
+                self._policy_dirty = False
+                self._policy_loaded_at = now
+                self._problems.recovered("policy", "policy source readable again")
+            except TransientError as exc:
+                if self._loaded is None:
+                    raise
+                self._problems.problem("policy", f"keeping the last policy: {exc}")
+        return self._loaded
+
+    # ----------------------------------------------------------------- observe
+
+    async def _limited(self, coro: Awaitable[_T]) -> _T:
+        assert self._sem is not None
+        async with self._sem:
+            return await coro
+
+    async def _observe(self) -> Snapshot:
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.settings.read_concurrency)
+        now = self.now()
+        host_task = asyncio.create_task(self._hv.host_memory())
+        domains_task = asyncio.create_task(self._hv.domains())
+        try:
+            if self._need_rescan or now - self._last_rescan >= self.settings.rescan_s:
+                await self._rescan(await domains_task)
+                self._first_rescan = False
+                self._last_rescan = now
+                self._need_rescan = False
+            full = self._need_full_read
+            to_read = set(self._views) if full else self._resync_slice(now)
+            dirty = (self._dirty | to_read) & set(self._views)
+            self._dirty.clear()
+            await self._read(to_read, dirty)
+            self._need_full_read = False
+            host = await host_task
+            allocations = await domains_task
+        except XenstoreError:
+            self._dirty.update(self._views)
+            raise
+        finally:
+            for task in (host_task, domains_task):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+        paused = [d for d, m in allocations.items() if m.paused]
+        snapshot = build_snapshot(self.now(), host, self._views, allocations, paused)
+        return snapshot
+
+    def _resync_slice(self, now: float) -> set[int]:
+        """The next slice of domains to re-read so all are read every resync_s."""
+        if not self._resync_queue:
+            self._resync_queue = sorted(self._views)
+            self._resync_started = now
+        cycles_per_resync = max(self.settings.resync_s / max(self._interval_s(), 0.1), 1.0)
+        size = max(1, int(len(self._views) / cycles_per_resync) + 1)
+        chunk, self._resync_queue = self._resync_queue[:size], self._resync_queue[size:]
+        return set(chunk)
+
+    async def _read(self, dom0_domids: set[int], guest_domids: set[int]) -> None:
+        now = self.now()
+        dom0_reads = {
+            d: asyncio.ensure_future(self._limited(read_dom0_keys(self._xs, d)))
+            for d in dom0_domids
+        }
+        guest_reads = {
+            d: asyncio.ensure_future(self._limited(read_guest_keys(self._xs, d)))
+            for d in guest_domids
+        }
+        everything = [*dom0_reads.values(), *guest_reads.values()]
+        await asyncio.gather(*everything, return_exceptions=True)
+        for domid, fut in dom0_reads.items():
+            exc = fut.exception()
+            if isinstance(exc, XenstoreConnectionError):
+                raise exc
+            if exc is not None:
+                self._problems.problem(f"{domid}/read", f"domain {domid}: read failed: {exc}")
+                continue
+            if domid in self._views:
+                self._views[domid] = apply_dom0_keys(self._views[domid], fut.result())
+        for domid, gfut in guest_reads.items():
+            exc = gfut.exception()
+            if isinstance(exc, XenstoreConnectionError):
+                raise exc
+            if exc is not None:
+                self._problems.problem(f"{domid}/read", f"domain {domid}: read failed: {exc}")
+                continue
+            self._problems.recovered(f"{domid}/read")
+            if domid in self._views:
+                old = self._views[domid]
+                view = apply_guest_keys(old, gfut.result(), now)
+                if view.report_error and view.report_raw != old.report_raw:
+                    logged = self._problems.problem(
+                        f"{domid}/report",
+                        f"domain {domid} ({view.name}): invalid report ignored: "
+                        f"{view.report_error}",
+                    )
+                    if logged:
+                        self._pending_events.append(ControllerEvent(
+                            kind="invalid_report", uuid=view.uuid, name=view.name,
+                            domid=domid, details={"error": view.report_error[:200]},
+                        ))
+                elif view.report_error is None and view.report is not None:
+                    self._problems.recovered(f"{domid}/report")
+                self._views[domid] = view
+
+    async def _rescan(self, allocations: Mapping[int, DomainMemory]) -> None:
+        present = set(await list_domids(self._xs))
+        for domid in sorted(set(self._views) - present):
+            self._forget(domid)
+        new = sorted(present - set(self._views))
+        keys = await asyncio.gather(
+            *(self._limited(read_dom0_keys(self._xs, d)) for d in new), return_exceptions=True
+        )
+        for domid, got in zip(new, keys, strict=True):
+            if isinstance(got, XenstoreConnectionError):
+                raise got
+            if isinstance(got, BaseException):
+                self._problems.problem(f"{domid}/new", f"domain {domid}: cannot read it: {got}")
+                continue
+            ident = identity(domid, got, allocations.get(domid))
+            if ident is None:
+                self._problems.problem(
+                    f"{domid}/new", f"domain {domid}: no uuid in the hypervisor or xenstore; "
+                    "not managed"
+                )
+                continue
+            uuid, name = ident
+            view = DomainView(
+                domid=domid, uuid=uuid, name=name, trust_first_report=not self._first_rescan
+            )
+            self._views[domid] = apply_dom0_keys(view, got)
+            self._dirty.add(domid)
+            self._watchers[domid] = asyncio.create_task(
+                self._watch_guest(domid), name=f"watch-domain-{domid}"
+            )
+            log.info("managing domain %d (%s, %s)", domid, name, uuid)
+
+    def _forget(self, domid: int) -> None:
+        view = self._views.pop(domid, None)
+        task = self._watchers.pop(domid, None)
+        if task is not None:
+            task.cancel()
+        self._dirty.discard(domid)
+        self._problems.forget(f"{domid}/")
+        if view is not None:
+            log.info("domain %d (%s) is gone", domid, view.name)
+
+    # ----------------------------------------------------------------- watches
+
+    async def _watch_domains(self) -> None:
+        async def one(path: str) -> None:
+            while True:
+                try:
+                    async with self._xs.watch(path) as events:
+                        async for _ in events:
+                            self._need_rescan = True
+                            self._wake.set()
+                except XenstoreError as exc:
+                    self._problems.problem(f"watch{path}", f"watch {path} failed: {exc}")
+                    await asyncio.sleep(1.0)
+
+        await asyncio.gather(one("@introduceDomain"), one("@releaseDomain"))
+
+    async def _watch_guest(self, domid: int) -> None:
+        data = f"{home(domid)}/data"
+        ignore = f"{data}/ballast/directive"
+        while domid in self._views:
+            try:
+                async with self._xs.watch(data) as events:
+                    async for path in events:
+                        if path == ignore:
+                            continue
+                        self._dirty.add(domid)
+                        self._wake.set()
+            except XenstoreError:
+                await asyncio.sleep(1.0)
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, *, timeout_s: float) -> None:
+    """Return when ``stop`` or ``wake`` is set, or after ``timeout_s``."""
+    if stop.is_set() or wake.is_set():
+        return
+    waiters = [
+        asyncio.create_task(stop.wait(), name="wait-stop"),
+        asyncio.create_task(wake.wait(), name="wait-wake"),
+    ]
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waiters:
+            task.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+

@@ -1,0 +1,331 @@
+"""Observe the fleet: xenstore and the hypervisor in, an immutable Snapshot out.
+
+Per domain the controller keeps a :class:`DomainView` of what it last read
+from xenstore. Watches on each guest's ``~/data`` mark a domain dirty; a
+cycle re-reads the dirty domains' guest keys, plus a rolling slice of every
+domain's keys (so the whole fleet is re-read every ``resync_s`` even if a
+watch event was lost: correctness never depends on events). The
+hypervisor's figures are read every cycle.
+
+Trust: only ``~/data`` is guest-writable. Identity (``vm``, ``name``),
+bounds (``memory/static-max``) and the current target come from dom0-owned
+keys or the hypervisor; a guest's keys are used only as that guest's own
+report, parsed strictly by :mod:`agents.schema`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid as uuid_mod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from agents.schema import InvalidDocument, Report, decode_directive, decode_report
+from orchestrator.control import Snapshot, VmObservation
+from orchestrator.hypervisor import DomainMemory, HostMemory
+from orchestrator.xenstore.client import XenstoreClient
+from orchestrator.xenstore.errors import NoEntryError, XenstoreError
+
+log = logging.getLogger(__name__)
+
+REPORT_KEY = "data/ballast/report"
+DIRECTIVE_KEY = "data/ballast/directive"
+MEMINFO_TOTAL_KEY = "data/meminfo_total"
+MEMINFO_FREE_KEY = "data/meminfo_free"
+TARGET_KEY = "memory/target"
+STATIC_MAX_KEY = "memory/static-max"
+# libxl writes the HVM video RAM here; an HVM guest's allocation exceeds its
+# balloon target by this much (squeezed's memory-offset).
+VIDEORAM_KEY = "memory/videoram"
+UNCOOPERATIVE_KEY = "memory/uncooperative"
+
+_VM_PATH = re.compile(r"^/vm/([0-9a-fA-F-]{36})$")
+_DECIMAL = re.compile(rb"^[0-9]{1,15}$")
+# 16 TiB in KiB, as agents.schema: no honest memory figure is larger.
+_MAX_KB = 1 << 34
+
+
+def home(domid: int) -> str:
+    """``/local/domain/<domid>``."""
+    return f"/local/domain/{domid}"
+
+
+def parse_kb(raw: bytes | None) -> int | None:
+    """A decimal KiB value from xenstore, bounded; None if absent or malformed."""
+    if raw is None or not _DECIMAL.match(raw):
+        return None
+    value = int(raw)
+    return value if value <= _MAX_KB else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DomainView:
+    """What the controller knows about one domain, from xenstore and its own clock."""
+
+    domid: int
+    uuid: str
+    name: str
+    static_max_kb: int | None = None
+    target_kb: int | None = None
+    videoram_kb: int = 0
+    uncooperative_flag: bool = False
+    report_raw: bytes | None = None
+    """The last report value seen (valid or not)."""
+    report: Report | None = None
+    """The last valid report seen (kept while later values are invalid)."""
+    report_seen_s: float | None = None
+    """When ``report_raw`` last changed, on the controller's clock; None: not since start."""
+    report_error: str | None = None
+    """Why the last report value was refused; None when it was valid."""
+    meminfo_raw: tuple[bytes | None, bytes | None] = (None, None)
+    meminfo_seen_s: float | None = None
+    directive_seq: int | None = None
+    trust_first_report: bool = True
+    """False for domains found at controller start: a report already there has an
+    unknown age, so it counts as fresh only once it changes."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuestKeys:
+    """The guest-writable keys of one domain as read in one go."""
+
+    report: bytes | None
+    meminfo_total: bytes | None
+    meminfo_free: bytes | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dom0Keys:
+    """The dom0-owned keys of one domain as read in one go."""
+
+    name: bytes | None
+    vm: bytes | None
+    static_max: bytes | None
+    target: bytes | None
+    videoram: bytes | None
+    uncooperative: bytes | None
+    directive: bytes | None
+
+
+async def _read_optional(xs: XenstoreClient, path: str) -> bytes | None:
+    try:
+        return await xs.read(path)
+    except NoEntryError:
+        return None
+
+
+async def read_guest_keys(xs: XenstoreClient, domid: int) -> GuestKeys:
+    """Read the guest-written keys of one domain (concurrently, pipelined)."""
+    base = home(domid)
+    report, total, free = await asyncio.gather(
+        _read_optional(xs, f"{base}/{REPORT_KEY}"),
+        _read_optional(xs, f"{base}/{MEMINFO_TOTAL_KEY}"),
+        _read_optional(xs, f"{base}/{MEMINFO_FREE_KEY}"),
+    )
+    return GuestKeys(report=report, meminfo_total=total, meminfo_free=free)
+
+
+async def read_dom0_keys(xs: XenstoreClient, domid: int) -> Dom0Keys:
+    """Read the dom0-owned keys of one domain (concurrently, pipelined)."""
+    base = home(domid)
+    values = await asyncio.gather(
+        _read_optional(xs, f"{base}/name"),
+        _read_optional(xs, f"{base}/vm"),
+        _read_optional(xs, f"{base}/{STATIC_MAX_KEY}"),
+        _read_optional(xs, f"{base}/{TARGET_KEY}"),
+        _read_optional(xs, f"{base}/{VIDEORAM_KEY}"),
+        _read_optional(xs, f"{base}/{UNCOOPERATIVE_KEY}"),
+        _read_optional(xs, f"{base}/{DIRECTIVE_KEY}"),
+    )
+    return Dom0Keys(
+        name=values[0], vm=values[1], static_max=values[2], target=values[3],
+        videoram=values[4], uncooperative=values[5], directive=values[6],
+    )
+
+
+def identity(
+    domid: int, keys: Dom0Keys, hv: DomainMemory | None
+) -> tuple[str, str] | None:
+    """The (uuid, name) of a domain: the hypervisor's uuid, else libxl's ``vm`` key.
+
+    None when neither names a uuid: such a domain is not managed (and logged).
+    """
+    uuid: str | None = hv.uuid if hv is not None else None
+    if uuid is None and keys.vm is not None:
+        match = _VM_PATH.match(keys.vm.decode("ascii", "replace"))
+        if match:
+            uuid = match.group(1)
+    if uuid is None:
+        return None
+    try:
+        uuid = str(uuid_mod.UUID(uuid))
+    except ValueError:
+        return None
+    name = keys.name.decode("ascii", "replace") if keys.name else None
+    if not name:
+        name = hv.name if hv is not None and hv.name else f"domain-{domid}"
+    return uuid, name[:255]
+
+
+def apply_dom0_keys(view: DomainView, keys: Dom0Keys) -> DomainView:
+    """Fold freshly read dom0-owned keys into a view."""
+    directive_seq = view.directive_seq
+    if keys.directive is not None:
+        try:
+            directive_seq = decode_directive(keys.directive).seq
+        except InvalidDocument:
+            directive_seq = None
+    return replace(
+        view,
+        static_max_kb=parse_kb(keys.static_max),
+        target_kb=parse_kb(keys.target),
+        videoram_kb=parse_kb(keys.videoram) or 0,
+        uncooperative_flag=keys.uncooperative is not None and keys.uncooperative != b"",
+        directive_seq=directive_seq,
+    )
+
+
+def apply_guest_keys(view: DomainView, keys: GuestKeys, now_s: float) -> DomainView:
+    """Fold freshly read guest keys into a view; a changed report is a fresh report."""
+    result = view
+    if keys.report != view.report_raw:
+        if keys.report is None:
+            # The report vanished: nothing fresh, and nothing to hold on to.
+            result = replace(result, report_raw=None, report=None, report_error=None,
+                             report_seen_s=None)
+        else:
+            try:
+                report = decode_report(keys.report)
+            except InvalidDocument as exc:
+                # Keep the last valid report and its age: the VM holds its last
+                # safe target, then drifts to its fallback as if the agent died.
+                result = replace(result, report_raw=keys.report, report_error=str(exc))
+            else:
+                first_read = view.report_raw is None and view.report_seen_s is None
+                fresh = view.trust_first_report or not first_read
+                result = replace(
+                    result, report_raw=keys.report, report=report, report_error=None,
+                    # A report already there when the controller started has an
+                    # unknown age: it counts as fresh only once it changes.
+                    report_seen_s=now_s if fresh else view.report_seen_s,
+                )
+    meminfo = (keys.meminfo_total, keys.meminfo_free)
+    if meminfo != view.meminfo_raw:
+        first = view.meminfo_seen_s is None and view.meminfo_raw == (None, None)
+        seen = None if first and not view.trust_first_report else now_s
+        result = replace(result, meminfo_raw=meminfo, meminfo_seen_s=seen)
+    if not result.trust_first_report:
+        result = replace(result, trust_first_report=True)
+    return result
+
+
+def observation(
+    view: DomainView, hv: DomainMemory, now_s: float, *, domain_paused: bool = False
+) -> VmObservation | None:
+    """The control law's view of one domain; None when a bound is unknown."""
+    static_max = view.static_max_kb if view.static_max_kb is not None else hv.max_kb
+    if static_max is None:
+        return None
+    total_raw, free_raw = view.meminfo_raw
+    return VmObservation(
+        domid=view.domid,
+        uuid=view.uuid,
+        name=view.name,
+        static_max_kb=static_max,
+        actual_kb=hv.actual_kb,
+        target_kb=view.target_kb,
+        memory_offset_kb=view.videoram_kb,
+        report=view.report,
+        report_age_s=(now_s - view.report_seen_s)
+        if view.report is not None and view.report_seen_s is not None
+        else None,
+        meminfo_total_kb=parse_kb(total_raw),
+        meminfo_free_kb=parse_kb(free_raw),
+        meminfo_age_s=(now_s - view.meminfo_seen_s) if view.meminfo_seen_s is not None else None,
+        paused=domain_paused,
+        directive_seq=view.directive_seq,
+    )
+
+
+def build_snapshot(
+    now_s: float,
+    host: HostMemory,
+    views: Mapping[int, DomainView],
+    allocations: Mapping[int, DomainMemory],
+    paused_domids: Iterable[int] = (),
+) -> Snapshot:
+    """The immutable snapshot of one cycle: every guest with known bounds."""
+    paused = set(paused_domids)
+    vms = []
+    seen_uuids: set[str] = set()
+    for domid in sorted(views):
+        hv = allocations.get(domid)
+        view = views[domid]
+        if domid == 0 or hv is None or view.uuid in seen_uuids:
+            continue
+        obs = observation(view, hv, now_s, domain_paused=domid in paused)
+        if obs is not None:
+            seen_uuids.add(view.uuid)
+            vms.append(obs)
+    return Snapshot(
+        now_s=now_s,
+        host_total_kb=host.total_kb,
+        host_free_kb=host.free_kb,
+        vms=tuple(vms),
+    )
+
+
+async def list_domids(xs: XenstoreClient) -> list[int]:
+    """Every domain under ``/local/domain``, dom0 excluded."""
+    try:
+        names = await xs.directory("/local/domain")
+    except NoEntryError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit() and int(n) != 0)
+
+
+class LogOnce:
+    """Log a problem once per key until it recovers (STYLE: no log floods)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._active: dict[str, str] = {}
+
+    def problem(self, key: str, message: str, level: int = logging.WARNING) -> bool:
+        """Log ``message`` unless ``key`` already has the same problem; True if logged."""
+        if self._active.get(key) == message:
+            return False
+        self._active[key] = message
+        self._log.log(level, "%s", message)
+        return True
+
+    def recovered(self, key: str, message: str | None = None) -> None:
+        """Clear ``key``'s problem, logging ``message`` if there was one."""
+        if self._active.pop(key, None) is not None and message:
+            self._log.info("%s", message)
+
+    def forget(self, prefix: str) -> None:
+        """Drop every key starting with ``prefix`` (a domain that went away)."""
+        for key in [k for k in self._active if k.startswith(prefix)]:
+            del self._active[key]
+
+
+__all__ = [
+    "Dom0Keys",
+    "DomainView",
+    "GuestKeys",
+    "LogOnce",
+    "XenstoreError",
+    "apply_dom0_keys",
+    "apply_guest_keys",
+    "build_snapshot",
+    "home",
+    "identity",
+    "list_domids",
+    "observation",
+    "parse_kb",
+    "read_dom0_keys",
+    "read_guest_keys",
+]
