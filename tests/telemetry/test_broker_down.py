@@ -19,8 +19,10 @@ from orchestrator.telemetry import (
     TelemetrySettings,
     VmStateMsg,
 )
-from orchestrator.telemetry.fleet import fetch_fleet
+from orchestrator.telemetry.commands import PolicySet
+from orchestrator.telemetry.fleet import fetch_fleet, send_policy_command
 from tests.telemetry.conftest import PrivateBroker, eventually
+from tests.telemetry.test_telemetry_broker import PolicyHost
 
 pytestmark = pytest.mark.mqtt
 
@@ -73,7 +75,8 @@ async def test_broker_down_and_back(private_broker: PrivateBroker, prefix: str) 
         host_name="h-down", topic_prefix=prefix, broker=broker, queue_size=QUEUE,
         reconnect_min_s=0.05, reconnect_max_s=0.2,
     )
-    async with Telemetry(settings) as telemetry:
+    model = PolicyHost(static_max_kb={"vm-0": 4 << 20})
+    async with Telemetry(settings, apply=model.apply) as telemetry:
         controller = FakeController(telemetry)
         controller.cycle()
         await eventually(lambda: telemetry.stats.published >= VMS + 2, what="first cycle out")
@@ -111,6 +114,13 @@ async def test_broker_down_and_back(private_broker: PrivateBroker, prefix: str) 
         await eventually(lambda: telemetry.stats.queued == 0, what="queue drained")
         stats = telemetry.stats
         assert stats.connects == 2 and stats.republished >= VMS
+
+        # Subscribed again: a command to the restarted broker is answered.
+        reply = await send_policy_command(
+            broker, prefix, "h-down", PolicySet("vm-0", (("weight", 5),)), client_name="ops",
+            timeout_s=5,
+        )
+        assert reply.ok and model.policy.vm("uuid-vm-0").weight == 5
 
         collector = await fetch_fleet(broker, prefix, timeout_s=5)
         (host,) = collector.view(now=time.time()).hosts
