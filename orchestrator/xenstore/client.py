@@ -39,6 +39,7 @@ import itertools
 import logging
 import os
 import random
+import select
 import socket
 import stat
 from collections import deque
@@ -49,6 +50,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import pyxs
+from pyxs._internal import Event as _PyxsEvent
 from pyxs._internal import Packet as _PyxsPacket
 from pyxs.connection import UnixSocketConnection, XenBusConnection
 
@@ -283,7 +285,14 @@ class _XenBusConnection(_TolerantPackets, XenBusConnection):  # type: ignore[mis
 
 
 class _Router(pyxs.Router):  # type: ignore[misc]
-    """pyxs's router thread, made to report when it ends (and why)."""
+    """pyxs's router thread, polling with ``poll()`` and reporting when it ends.
+
+    pyxs 0.4.1 waits with ``select.select()``, which fails for file descriptors
+    from 1024 on: in a process holding many connections (the simulator, a
+    controller of a thousand guests) it could never connect. The loop below
+    keeps pyxs's dispatch: replies go to the waiter registered under their
+    request id, watch events to whatever subscribed to their token.
+    """
 
     def __init__(self, connection: Any, on_exit: Callable[[BaseException | None], None]) -> None:
         super().__init__(connection)
@@ -293,11 +302,36 @@ class _Router(pyxs.Router):  # type: ignore[misc]
     def __call__(self) -> None:
         error: BaseException | None = None
         try:
-            super().__call__()
+            self._serve()
         except BaseException as exc:  # the thread's end is reported, not printed
             error = exc
         finally:
+            self.connection.close()
+            self.r_terminator.close()
+            self.w_terminator.close()
             self._on_exit(error)
+
+    def _serve(self) -> None:
+        poller = select.poll()
+        poller.register(self.connection.fileno(), select.POLLIN)
+        stop_fd = self.r_terminator.fileno()
+        poller.register(stop_fd, select.POLLIN)
+        while True:
+            ready = {fd for fd, _mask in poller.poll()}
+            if stop_fd in ready:
+                return
+            packet = self.connection.recv()
+            if packet.op == Op.WATCH_EVENT:
+                parts = packet.payload.split(b"\0")
+                if len(parts) >= 2:
+                    event = _PyxsEvent(parts[0], parts[1])
+                    for monitor in list(self.monitors.get(event.token, ())):
+                        monitor.events.put(event)
+                continue
+            waiter = self.rvars.pop(packet.rq_id, None)
+            if waiter is None:
+                raise pyxs.UnexpectedPacket(packet)
+            waiter.set(packet)
 
 
 def _expire(future: asyncio.Future[Any]) -> None:

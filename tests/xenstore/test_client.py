@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pty
+import resource
 import select
 import signal
 import socket
@@ -363,6 +364,58 @@ async def test_watch_special_paths_and_relative_paths(
         assert await asyncio.wait_for(anext(introduced), 2) == "@introduceDomain"
         await xs.write("/local/domain/5/data/directive", "{}")
         assert await asyncio.wait_for(anext(mine), 2) == "data/directive"
+
+
+# --- defect: select() and file descriptors from 1024 on ------------------------------------------
+
+
+def test_pyxs_router_dies_on_file_descriptors_above_1024() -> None:
+    out = run_snippet(
+        """
+        import resource, socket, tempfile, threading
+        import pyxs
+        from orchestrator.xenstore.runner import ServerThread
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+        threading.excepthook = lambda args: None  # the router thread dies; keep it quiet
+        with ServerThread(tempfile.mkdtemp(dir="/tmp")) as server:
+            fillers = [socket.socket() for _ in range(1100)]
+            client = pyxs.Client(unix_socket_path=str(server.privileged_socket))
+            client.connect()
+            outcome = []
+            def attempt():
+                try:
+                    client.read(b"/local")
+                    outcome.append("read")
+                except Exception as exc:
+                    outcome.append(type(exc).__name__)
+            reader = threading.Thread(target=attempt, daemon=True)
+            reader.start()
+            reader.join(1.0)
+            print(outcome[0] if outcome else "still blocked")
+        """
+    )
+    # Its router thread died at once: the request fails or waits forever.
+    assert out in ("ConnectionError", "still blocked")
+
+
+async def test_client_works_with_file_descriptors_above_1024(xs: PyxsClient) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard >= 1200, "this test needs a hard RLIMIT_NOFILE of at least 1200"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    fillers = [socket.socket() for _ in range(1100)]
+    try:
+        async with PyxsClient(socket_path=xs.where, settings=FAST) as crowded:
+            assert crowded._link is not None
+            assert crowded._link.router.connection.fileno() >= 1024
+            await crowded.write("/crowded", "1")
+            assert await crowded.read("/crowded") == b"1"
+            async with crowded.watch("/crowded") as changes:
+                assert await asyncio.wait_for(anext(changes), 2) == "/crowded"
+    finally:
+        for filler in fillers:
+            filler.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # --- transactions -----------------------------------------------------------------------------
