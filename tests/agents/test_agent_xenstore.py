@@ -20,12 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from agents.actuators import NullActuator, ShrinkActuator, ShrinkGuard, SwapoffActuator
+from agents.actuators import (
+    NullActuator,
+    SelfballoonActuator,
+    ShrinkActuator,
+    ShrinkGuard,
+    SwapoffActuator,
+)
 from agents.agent import Agent, AgentStore
 from agents.main import connector
 from agents.schema import Directive, DirectiveAck, Report, decode_report, encode_directive
 from agents.settings import AgentSettings, make_settings
-from agents.source import ProcMemorySource, to_report
+from agents.source import SELFBALLOON_DIR, ProcMemorySource, to_report
 from orchestrator.xenstore.errors import NoEntryError
 from orchestrator.xenstore.perms import Access, Perm
 from orchestrator.xenstore.rawclient import RawClient
@@ -172,6 +178,37 @@ async def test_directive_round_trip_through_swapoff(
         seq=3, outcome="done", detail="cycled /dev/xvda3; 51200 KiB swapped, within the target")
     assert acked.swap_total_kb - acked.swap_free_kb == 51200
     assert commands.calls == [("swapoff", "/dev/xvda3", None), ("swapon", "/dev/xvda3", None)]
+
+
+async def test_directive_round_trip_through_the_kernel_self_shrink(
+    server: XenstoreServer, dom0: RawClient, sock_dir: Path, tmp_path: Path
+) -> None:
+    kernel = GuestKernel(copy_tree("linux-4.19-xen-pv", tmp_path))
+    knobs = kernel.root / SELFBALLOON_DIR
+
+    def selfballoon(source: ProcMemorySource) -> ShrinkActuator:
+        return SelfballoonActuator(source, knobs, guard=ShrinkGuard(), poll_s=0.02,
+                                   max_duration_s=10.0)
+
+    async def kernel_worker() -> None:  # the selfballoon worker, sped up
+        while True:
+            kernel.selfshrink_tick()
+            await asyncio.sleep(0.01)
+
+    worker = asyncio.create_task(kernel_worker())
+    try:
+        async with running(settings_for(sock_dir, kernel.root), selfballoon):
+            await report_where(dom0, lambda r: r.seq == 1)
+            await dom0.write(f"{HOME}/data/ballast/directive",
+                             encode_directive(Directive(seq=8, swap_target_kb=100_000)))
+            acked = await report_where(dom0, lambda r: r.directive_ack is not None)
+    finally:
+        worker.cancel()
+    used = acked.swap_total_kb - acked.swap_free_kb
+    assert acked.directive_ack == DirectiveAck(seq=8, outcome="done",
+                                               detail=f"shrank from 184320 to {used} KiB")
+    assert used <= 100_000
+    assert kernel.knob("frontswap_selfshrinking") == "0"
 
 
 async def test_bad_directive_is_logged_once_and_ignored(
