@@ -84,12 +84,20 @@ ALL_FIGURES: tuple[Figure, ...] = tuple(Figure)
 
 
 class VmState(enum.StrEnum):
-    """How the controller saw a VM when it took a sample (shown by `status`)."""
+    """How the controller saw a VM when it took a sample (shown by `status`).
+
+    The control law's states (`orchestrator.control.VmState`) are all here;
+    the column is a short string, so new states need no migration.
+    """
 
     OK = "ok"
     STALE = "stale"
+    DEAD = "dead"
+    INACTIVE = "inactive"
     UNCOOPERATIVE = "uncooperative"
     PAUSED = "paused"
+    FIXED = "fixed"
+    OFF = "off"
     NO_AGENT = "no_agent"
     UNMANAGED = "unmanaged"
 

@@ -199,3 +199,9 @@ async def test_a_report_needing_memory_is_answered_at_once(sim_host: SimHost) ->
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+def test_every_control_state_can_be_stored() -> None:
+    from orchestrator.store.records import VmState as StoredState
+
+    assert {s.value for s in VmState} <= {s.value for s in StoredState}
