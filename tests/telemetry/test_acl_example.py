@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from orchestrator.cli.main import app
 from orchestrator.telemetry import BrokerSettings, Telemetry, TelemetrySettings
 from orchestrator.telemetry.commands import PolicySet
 from orchestrator.telemetry.fleet import fetch_fleet, send_policy_command
@@ -114,3 +117,16 @@ async def test_each_host_writes_only_its_own_topics(acl_broker: PrivateBroker) -
         await eventually(lambda: refused.stats.last_error, what="a connect error")
         assert not refused.stats.connected
         assert "Not authorized" in (refused.stats.last_error or "")
+
+
+async def test_fleet_password_from_the_environment(acl_broker: PrivateBroker) -> None:
+    url = f"mqtt://ops@127.0.0.1:{acl_broker.port}"
+
+    def run(env: dict[str, str]) -> tuple[int, str]:
+        result = CliRunner().invoke(app, ["fleet", "status", "-b", url, "--json"], env=env)
+        return result.exit_code, result.stderr
+
+    code, err = await asyncio.to_thread(run, {"BALLAST_MQTT_PASSWORD": USERS["ops"]})
+    assert code == 0, err
+    code, err = await asyncio.to_thread(run, {"BALLAST_MQTT_PASSWORD": "nope"})
+    assert code == 1 and "Not authorized" in err and "nope" not in err
