@@ -17,6 +17,7 @@ from agents.actuators import ShrinkGuard
 from agents.change import ReportPolicy
 from orchestrator.errors import UsageError
 from orchestrator.units import parse_duration_s, parse_size_kb
+from orchestrator.xenstore import paths
 
 ShrinkKind = Literal["auto", "selfballoon", "swapoff", "none"]
 SHRINK_KINDS: Final = ("auto", "selfballoon", "swapoff", "none")
@@ -138,7 +139,8 @@ def make_settings(
         page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
     if page_kb <= 0:
         raise UsageError("the page size must be a positive number of KiB")
-    if not data_dir or data_dir.endswith("/") or "//" in data_dir:
+    deepest = f"{data_dir}/ballast/directive"  # the longest key the agent uses
+    if not (paths.is_valid_relative(deepest) or paths.is_valid_absolute(deepest)):
         raise UsageError(f"invalid xenstore data directory {data_dir!r}")
     for name, percent in (("change", change_percent), ("shrink margin", shrink_margin_percent)):
         if not 0 <= percent < 100:

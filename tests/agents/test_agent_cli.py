@@ -73,6 +73,8 @@ def test_options_reach_the_settings() -> None:
         (dict(change_percent=100.0), "the change percentage must be between 0 and 100"),
         (dict(shrink_max_psi=150.0), "the PSI limit is a percentage"),
         (dict(data_dir="data/"), "invalid xenstore data directory 'data/'"),
+        (dict(data_dir="my data"), "invalid xenstore data directory 'my data'"),
+        (dict(data_dir="@introduceDomain"), "invalid xenstore data directory '@introduceDomain'"),
         (dict(page_kb=0), "the page size must be a positive number of KiB"),
         (dict(xenstore_timeout="0s"), "the xenstore timeout must be positive"),
     ],
