@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -49,6 +50,9 @@ class _Answered(Exception):
 # sun_path is 108 bytes on Linux, including the terminating NUL (sys/un.h).
 UNIX_PATH_MAX = 107
 _ACK = wire.ACK
+# Pause before accepting again after running out of file descriptors (as asyncio's
+# own servers do).
+_ACCEPT_RETRY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -240,6 +244,7 @@ class XenstoreServer:
     async def start(self) -> None:
         """Create ``DIR`` if needed and listen on the privileged socket."""
         self._loop = asyncio.get_running_loop()
+        _raise_fd_limit()
         self.directory.mkdir(parents=True, exist_ok=True)
         self._privileged = self._serve(self.privileged_socket, 0, privileged=True)
         log.info("xenstored serving %s", self.privileged_socket)
@@ -280,7 +285,14 @@ class XenstoreServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("accept on %s failed: %s", listener.path, exc)
+                # Out of file descriptors (EMFILE, ENFILE...): the pending client stays
+                # queued and the socket stays readable, so stop watching it for a
+                # while rather than being woken for it on every turn of the loop.
+                log.warning("accept on %s failed: %s; retrying in %g s", listener.path,
+                            exc, _ACCEPT_RETRY_S)  # fmt: skip
+                fd = listener.sock.fileno()
+                self._loop.remove_reader(fd)
+                self._loop.call_later(_ACCEPT_RETRY_S, self._resume_accepting, listener)
                 return
             sock.setblocking(False)
             task: asyncio.Task[object] = self._loop.create_task(
@@ -291,6 +303,10 @@ class XenstoreServer:
             )
             self._accepting[task] = sock
             task.add_done_callback(self._accepted)
+
+    def _resume_accepting(self, listener: _Listener) -> None:
+        if self._loop is not None and listener.sock.fileno() != -1:
+            self._loop.add_reader(listener.sock.fileno(), self._accept, listener)
 
     def _accepted(self, task: asyncio.Task[object]) -> None:
         sock = self._accepting.pop(task)
@@ -600,6 +616,15 @@ class XenstoreServer:
 
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+def _raise_fd_limit() -> None:
+    """Lift the soft limit on open files to the hard one: every domain costs a
+    listening socket plus its connections, and a simulated host has hundreds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _answers(path: Path) -> bool:

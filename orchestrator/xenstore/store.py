@@ -112,6 +112,8 @@ class Transaction:
     accessed: set[str] = field(default_factory=set)
     changes: list[Change] = field(default_factory=list)
     owned_delta: Counter[int] = field(default_factory=Counter)
+    doomed: bool = False
+    """Set when its snapshot grew too large: the commit will fail with EAGAIN."""
 
 
 class _View:
@@ -181,8 +183,14 @@ class _TxView(_View):
 class Store:
     """The whole tree. Every method takes the caller and, optionally, a transaction."""
 
-    def __init__(self, *, quotas: Quotas | None = None) -> None:
+    def __init__(
+        self, *, quotas: Quotas | None = None, snapshot_max_nodes: int = 10_000
+    ) -> None:
         self.quotas = quotas or Quotas()
+        # A transaction keeps the old version of every node changed while it is
+        # open; one left open for good would otherwise grow without bound and slow
+        # every write. Past this many, it gives up its snapshot and is doomed.
+        self.snapshot_max_nodes = snapshot_max_nodes
         self._gen = 0
         root_perms = (Perm(Access.NONE, 0),)
         self._nodes: dict[str, Node] = {"/": Node(b"", root_perms, {}, 0)}
@@ -199,9 +207,16 @@ class Store:
         """Keep the current version of ``path`` for every open transaction's snapshot."""
         if self._open:
             old = self._nodes.get(path)
+            doomed = []
             for tx in self._open:
                 if path not in tx.preimage:
                     tx.preimage[path] = old
+                    if len(tx.preimage) > self.snapshot_max_nodes:
+                        doomed.append(tx)
+            for tx in doomed:
+                tx.doomed = True
+                tx.preimage.clear()
+                self._open.discard(tx)
 
     def _view(self, tx: Transaction | None) -> _View:
         return _View(self) if tx is None else _TxView(self, tx)
@@ -437,7 +452,7 @@ class Store:
     def commit(self, tx: Transaction) -> list[Change]:
         """Apply a transaction, or raise ``Refused("EAGAIN")`` if it conflicts."""
         self._open.discard(tx)
-        if not tx.accessed.isdisjoint(tx.preimage):
+        if tx.doomed or not tx.accessed.isdisjoint(tx.preimage):
             raise Refused("EAGAIN")
         for path, node in tx.overlay.items():
             self._capture(path)

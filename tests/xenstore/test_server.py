@@ -665,3 +665,39 @@ async def test_pipelining_client_is_throttled_not_dropped(tight_server: object) 
     assert [r.req_id for r in replies] == list(range(count))
     assert all(r.payload == b"z" * 4000 for r in replies)
     silent.close()  # type: ignore[attr-defined]
+
+
+def test_out_of_file_descriptors_pauses_accepting_without_spinning() -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import os, resource, socket, tempfile, time
+        from orchestrator.xenstore import wire
+        from orchestrator.xenstore.runner import ServerThread
+        with ServerThread(tempfile.mkdtemp(dir="/tmp")) as server:
+            path = str(server.privileged_socket)
+            clients = [socket.socket(socket.AF_UNIX) for _ in range(3)]
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+            for c in clients:
+                c.connect(path)  # queued; the daemon cannot accept: EMFILE
+            cpu = time.process_time()
+            time.sleep(1.0)
+            busy = time.process_time() - cpu
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            c = clients[0]
+            c.settimeout(5)
+            c.sendall(wire.encode(wire.request_packet(wire.GetDomainPath(3), req_id=1)))
+            reply = c.recv(4096)
+            print(f"{busy:.2f}", reply[16:].decode().strip(chr(0)))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=30, check=True)  # fmt: skip
+    busy, answer = result.stdout.split()
+    assert float(busy) < 0.15  # an accept loop spinning on EMFILE would use the whole second
+    assert answer == "/local/domain/3"  # served once descriptors were available again
