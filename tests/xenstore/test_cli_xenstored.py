@@ -6,6 +6,7 @@ import signal
 import socket
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli.main import app
@@ -25,6 +26,7 @@ def _round_trip(path: Path, request: wire.Request) -> bytes:
                 return packets[0].payload
 
 
+@pytest.mark.slow  # starts the full CLI, whose imports take seconds on a loaded machine
 def test_process_serves_and_stops_on_sigterm(sock_dir: Path) -> None:
     daemon = ServerProcess(sock_dir, domains=[3, 4], via_cli=True)
     with daemon:
