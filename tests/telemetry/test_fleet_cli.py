@@ -144,6 +144,13 @@ async def test_unreachable_and_silent(mqtt_broker: tuple[str, int], prefix: str)
 async def test_watch_redraws_until_interrupted(
     mqtt_broker: tuple[str, int], prefix: str
 ) -> None:
+    # The watcher's own end-of-snapshot marker says it is subscribed.
+    marker = await asyncio.create_subprocess_exec(
+        "mosquitto_sub", "-h", mqtt_broker[0], "-p", str(mqtt_broker[1]),
+        "-t", f"{prefix}/_fleet/+/sync", "-C", "1", "-W", "30",
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    await asyncio.sleep(0.2)
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("ballast")), "fleet", "status", "--watch",
          "--refresh", "0.2", "-b", _url(mqtt_broker), "--prefix", prefix],
@@ -151,17 +158,19 @@ async def test_watch_redraws_until_interrupted(
         env={**os.environ, "COLUMNS": "200"},
     )
     try:
+        assert await asyncio.wait_for(marker.wait(), 30) == 0
         async with Telemetry(_settings(mqtt_broker, prefix, "late-host")) as telemetry:
-            await asyncio.sleep(0.8)
             # A host that appears while watching shows up without a restart.
             telemetry.publish_status(_status())
             telemetry.publish_vm_state("vm-a", _state(GiB_KB))
             await eventually(lambda: telemetry.stats.published >= 2, what="publishes")
-            await asyncio.sleep(0.8)
+            await asyncio.sleep(1.0)
             proc.send_signal(signal.SIGINT)
             out, err = await asyncio.to_thread(proc.communicate, timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
+        if marker.returncode is None:
+            marker.kill()
     assert proc.returncode == 0, err
     assert "late-host" in out and "vm-a" in out and "online" in out
