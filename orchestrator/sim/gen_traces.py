@@ -157,12 +157,18 @@ def slow_leak(base: float, mb_per_h: float, restart_s: list[float]) -> Callable[
 
 
 def bursty_api(seed: str, duration_s: int, base: float, burst: float) -> Callable[[float], Sample]:
-    """A service that takes short bursts of load: memory jumps for tens of seconds."""
+    """A service that takes short bursts of load: for 20-90 s every few minutes
+    it allocates a large buffer, filling it at 200 MB/s, then frees it."""
     bursts = _events(seed, duration_s, (180, 480), (20, 90))
     noise = _noise(seed, 15.0)
+    fill_s = burst / 200.0
 
     def load(t: float) -> Sample:
-        extra = burst if _active(bursts, t) else 0.0
+        level = 0.0
+        for start, end in bursts:
+            if start <= t < end:
+                level = _ramp(t, start, fill_s)
+        extra = burst * level
         u = base + extra + noise(t)
         return u, 400 + 0.1 * extra, 800.0, 1.1 * u + 800
 
@@ -296,7 +302,7 @@ def library() -> list[Spec]:
         ),
         Spec(
             "short-bursts",
-            "Three API servers whose memory jumps by 2 GB for 20-90 s every few minutes.",
+            "Three API servers that allocate 2 GB (at 200 MB/s) for 20-90 s every few minutes.",
             24576,
             2048,
             2 * HOUR_S,
