@@ -58,8 +58,20 @@ from orchestrator.cli import bench as bench_cmd  # noqa: E402
 from orchestrator.cli import config_cmd  # noqa: E402
 from orchestrator.cli import db as db_cmd  # noqa: E402
 from orchestrator.cli import fleet as fleet_cmd  # noqa: E402
+from orchestrator.cli import history as history_cmd  # noqa: E402
+from orchestrator.cli import policy as policy_cmd  # noqa: E402
+from orchestrator.cli import run as run_cmd  # noqa: E402
+from orchestrator.cli import status as status_cmd  # noqa: E402
 from orchestrator.cli import xenstored as xenstored_cmd  # noqa: E402
 
+app.command("run")(run_cmd.run)
+app.command("status")(status_cmd.status)
+app.add_typer(policy_cmd.app, name="policy")
+app.command("pause")(policy_cmd.pause)
+app.command("resume")(policy_cmd.resume)
+app.command("history")(history_cmd.history)
+app.command("decisions")(history_cmd.decisions)
+app.command("events")(history_cmd.events)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(fleet_cmd.app, name="fleet")
 app.add_typer(db_cmd.app, name="db")

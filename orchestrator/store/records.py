@@ -337,6 +337,22 @@ class HostSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HostStatus:
+    """The controller's latest view of its host, overwritten every cycle."""
+
+    host: str
+    """Host name."""
+    time: datetime
+    """When the controller wrote it."""
+    document: Mapping[str, Any]
+    """Host figures and one entry per VM (see `orchestrator.controller.status`)."""
+
+
+# A status document holds every VM of a host: about 400 bytes per VM.
+MAX_STATUS_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuditEntry:
     """One line of the append-only audit log."""
 

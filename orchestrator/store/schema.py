@@ -149,6 +149,14 @@ host_settings = Table(
     Column("updated_ms", BigInteger, nullable=False),
 )
 
+host_status = Table(
+    "host_status",
+    metadata,
+    Column("host_id", Integer, ForeignKey("hosts.id"), primary_key=True),
+    Column("t_ms", BigInteger, nullable=False),
+    Column("document", Text, nullable=False),
+)
+
 audit = Table(
     "audit",
     metadata,

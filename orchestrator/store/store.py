@@ -54,10 +54,11 @@ from orchestrator.store.engine import (
     resolve_db_url,
     write_transaction,
 )
-from orchestrator.store.errors import StoreUnavailable, UnknownDomain
+from orchestrator.store.errors import RecordError, StoreUnavailable, UnknownDomain
 from orchestrator.store.migrate import check_schema
 from orchestrator.store.records import (
     ALL_FIGURES,
+    MAX_STATUS_BYTES,
     AuditEntry,
     AuditSource,
     AuditSubject,
@@ -70,6 +71,7 @@ from orchestrator.store.records import (
     FleetRow,
     HistoryPoint,
     HostSettings,
+    HostStatus,
     PolicyRecord,
     Resolution,
     Sample,
@@ -83,6 +85,7 @@ from orchestrator.store.schema import (
     domains,
     events,
     host_settings,
+    host_status,
     hosts,
     policies,
     rollups,
@@ -1048,6 +1051,38 @@ class Store:
         return PolicyRecord(
             domain=ref, version=version, document=new_doc, updated_at=from_ms(now_ms)
         )
+
+    # ------------------------------------------------------------- host status
+
+    def put_status(self, document: Mapping[str, Any], time: datetime) -> None:
+        """Replace this host's live status document (the controller, each cycle)."""
+        try:
+            text = json.dumps(dict(document), allow_nan=False, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise RecordError(f"status document is not valid JSON: {exc}") from exc
+        if len(text) > MAX_STATUS_BYTES:
+            raise RecordError(f"status document is over {MAX_STATUS_BYTES} bytes")
+        with self._write() as conn:
+            values = {"host_id": self._ensure_host(conn), "t_ms": to_ms(time), "document": text}
+            ins = self._insert(host_status)
+            conn.execute(
+                ins.values(values).on_conflict_do_update(
+                    index_elements=[host_status.c.host_id],
+                    set_={k: ins.excluded[k] for k in ("t_ms", "document")},
+                )
+            )
+
+    def status(self, host: str | None = None) -> HostStatus | None:
+        """A host's last live status, or None when its controller never ran."""
+        name = host or self.config.host
+        with self._read() as conn:
+            host_id = self._find_host_id(conn, name)
+            if host_id is None:
+                return None
+            row = conn.execute(select(host_status).where(host_status.c.host_id == host_id)).first()
+        if row is None:
+            return None
+        return HostStatus(host=name, time=from_ms(int(row.t_ms)), document=json.loads(row.document))
 
     # ----------------------------------------------------------- host settings
 

@@ -22,10 +22,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Self
+from typing import Any, Self
 
 from orchestrator.errors import TransientError, UsageError
 from orchestrator.store.records import Decision, Event, EventKind, Sample
@@ -129,6 +129,7 @@ class StoreWriter:
         self._gap_first: datetime | None = None
         self._gap_last: datetime | None = None
         self._next_maintenance = 0.0
+        self._status: tuple[dict[str, Any], datetime] | None = None
 
     # ------------------------------------------------------------- producers
 
@@ -150,6 +151,30 @@ class StoreWriter:
     def record_event(self, event: Event) -> None:
         """Queue an event; it is kept until written."""
         self._push_durable(event)
+
+    def record_status(self, document: Mapping[str, Any], at: datetime) -> None:
+        """Offer the host's live status; only the newest one offered is written."""
+        with self._cond:
+            self._status = (dict(document), at)
+            if self._first_queued is None:
+                self._first_queued = time.monotonic()
+                self._cond.notify()
+
+    def _write_status(self) -> None:
+        """Write the newest offered status, if any (writer thread)."""
+        with self._cond:
+            pending, self._status = self._status, None
+        if pending is None:
+            return
+        try:
+            self._store.put_status(*pending)
+        except TransientError as exc:
+            with self._cond:
+                if self._status is None:  # nothing newer arrived: try it again later
+                    self._status = pending
+                self._last_error = str(exc)
+        except Exception:
+            log.exception("history writer: status document refused")
 
     def _push_sample(self, sample: Sample) -> None:
         if not isinstance(sample, Sample):
@@ -279,6 +304,7 @@ class StoreWriter:
             if batch is None:
                 return
             samples, durable = batch
+            self._write_status()
             if not samples and not durable:
                 self._maybe_maintain()
                 continue

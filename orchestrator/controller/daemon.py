@@ -1,0 +1,141 @@
+"""``ballast run``: wire the controller to xenstore, the hypervisor, the store.
+
+Staged start (STYLE 6): open the history store (refusing an unmigrated one),
+start its writer, connect to xenstore, then run the loop; staged stop on
+SIGTERM or SIGINT: the cycle in flight finishes, a ``controller_stopped``
+event is queued, the writer drains, xenstore is closed. Nothing starts work
+in a constructor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from orchestrator import config as cfg
+from orchestrator.control import HostPolicy
+from orchestrator.controller.loop import Controller, CycleSink, LoopSettings
+from orchestrator.controller.record import StoreSink
+from orchestrator.controller.status import StatusSink
+from orchestrator.hypervisor import Hypervisor
+from orchestrator.hypervisor.xl import XlHypervisor
+from orchestrator.steering import StorePolicySource
+from orchestrator.store.records import Event, EventKind
+from orchestrator.store.store import Store, StoreConfig, open_store
+from orchestrator.store.writer import StoreWriter
+from orchestrator.xenstore.client import ClientSettings, PyxsClient, open_client
+
+log = logging.getLogger("ballast.controller")
+
+MIB_KB = 1024
+
+
+def base_host_policy(config: cfg.Config) -> HostPolicy:
+    """The host policy ``ballast.toml`` gives, before operator overrides in the store."""
+    c = config.controller
+    return HostPolicy(
+        dom0_reserve_kb=c.dom0_reserve_mb * MIB_KB,
+        free_margin_kb=c.free_margin_mb * MIB_KB,
+        interval_s=c.interval_s,
+    )
+
+
+def xenstore_path(value: str) -> str:
+    """A xenstored socket, or the socket inside a directory of Ballast's server."""
+    path = Path(value)
+    if path.is_dir():
+        return str(path / "socket")
+    return value
+
+
+def store_url(config: cfg.Config) -> str:
+    """The history database: ``$BALLAST_DB`` if set, else the configuration's URL."""
+    return os.environ.get("BALLAST_DB") or config.store.url
+
+
+@dataclass(slots=True, kw_only=True)
+class Daemon:
+    """The running pieces, for callers that embed the controller (``ballast sim``)."""
+
+    controller: Controller
+    store: Store
+    writer: StoreWriter
+    xs: PyxsClient
+    sinks: list[CycleSink] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def open_daemon(
+    config: cfg.Config,
+    *,
+    hypervisor: Hypervisor | None = None,
+    loop_settings: LoopSettings | None = None,
+    sinks: Sequence[CycleSink] = (),
+) -> AsyncIterator[Daemon]:
+    """Open store, writer and xenstore; yield the wired controller; close in order."""
+    store = await asyncio.to_thread(
+        open_store, store_url(config), config=StoreConfig(host=config.controller.host_name)
+    )
+    writer = StoreWriter(store)
+    writer.start()
+    xs = open_client(path=xenstore_path(config.controller.xenstore), settings=ClientSettings())
+    try:
+        await xs.connect()
+        hv = hypervisor or XlHypervisor(xl_path=config.controller.xl_path)
+        all_sinks: list[CycleSink] = [
+            StoreSink(writer), StatusSink(writer, config.controller.host_name), *sinks
+        ]
+        controller = Controller(
+            xs=xs,
+            hypervisor=hv,
+            policy=StorePolicySource(store, base_host_policy(config)),
+            sinks=all_sinks,
+            settings=loop_settings,
+        )
+        yield Daemon(controller=controller, store=store, writer=writer, xs=xs, sinks=all_sinks)
+    finally:
+        with contextlib.suppress(Exception):
+            writer.record_event(
+                Event(kind=EventKind.CONTROLLER_STOPPED, time=datetime.now(UTC),
+                      details={"pid": os.getpid()})
+            )
+        await xs.close()
+        stats = await asyncio.to_thread(writer.stop)
+        if stats.queued_durable:
+            log.error("%d decisions/events could not be written before exit",
+                      stats.queued_durable)
+        store.close()
+
+
+async def run_until_signalled(controller: Controller, stop: asyncio.Event | None = None) -> None:
+    """Run the loop until SIGTERM/SIGINT (or ``stop``); the cycle in flight finishes."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        await controller.run(stop)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def run(config: cfg.Config) -> None:
+    """The whole of ``ballast run``."""
+    async with open_daemon(config) as daemon:
+        log.info(
+            "ballast controller on %s: xenstore %s, history %s",
+            config.controller.host_name, config.controller.xenstore, config.store.url,
+        )
+        await run_until_signalled(daemon.controller)
+        log.info("stopping after %d cycles", daemon.controller.cycles)
