@@ -931,6 +931,11 @@ def open_client(
     return PyxsClient(socket_path=chosen, settings=settings)
 
 
+def _conforms(client: PyxsClient) -> XenstoreClient:
+    """Static check (mypy): PyxsClient implements the XenstoreClient protocol."""
+    return client
+
+
 __all__ = [
     "DOM0_SOCKET",
     "XENBUS_DEVICE",
