@@ -463,6 +463,12 @@ class XenstoreServer:
         except Refused as exc:
             conn.send(Op.ERROR, packet.req_id, packet.tx_id, wire.encode_error(exc.errno_name))
             return
+        except Exception:
+            # A bug or an environment failure (say, no room for a domain's socket)
+            # must cost one request, not the connection: answer EIO and log it.
+            log.exception("request of type %d from domain %d failed", packet.op, conn.domid)
+            conn.send(Op.ERROR, packet.req_id, packet.tx_id, wire.encode_error("EIO"))
+            return
         if len(payload) > wire.PAYLOAD_MAX:
             conn.send(Op.ERROR, packet.req_id, packet.tx_id, wire.encode_error("E2BIG"))
             return

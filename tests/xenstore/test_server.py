@@ -701,3 +701,15 @@ def test_out_of_file_descriptors_pauses_accepting_without_spinning() -> None:
     busy, answer = result.stdout.split()
     assert float(busy) < 0.15  # an accept loop spinning on EMFILE would use the whole second
     assert answer == "/local/domain/3"  # served once descriptors were available again
+
+
+async def test_a_failing_request_costs_only_itself(dom0: RawClient, sock_dir: object) -> None:
+    from pathlib import Path
+
+    assert isinstance(sock_dir, Path)
+    # Leave no room for domain 42's socket directory: introducing it fails inside
+    # the daemon, which answers EIO and keeps the connection.
+    (sock_dir / "domain").mkdir(exist_ok=True)
+    (sock_dir / "domain" / "42").write_text("in the way")
+    await expect_error("EIO", dom0.request(wire.Introduce(42, 1, 1)))
+    assert await dom0.request(wire.IsDomainIntroduced(42)) == b"F\0"
