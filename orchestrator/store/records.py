@@ -424,9 +424,21 @@ class HistoryPoint:
     """Requested figures."""
 
 
+@dataclass(frozen=True, slots=True)
+class FigureSeries:
+    """One figure along a series: four parallel tuples, one entry per point.
+    For raw samples the four are the same tuple (the sample values)."""
+
+    min: tuple[float | None, ...]
+    max: tuple[float | None, ...]
+    mean: tuple[float | None, ...]
+    last: tuple[float | None, ...]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Series:
-    """Answer of `Store.history`."""
+    """Answer of `Store.history`, stored by column (cheap to build, to plot
+    and to write as CSV); `points` gives the same data row by row."""
 
     domain: DomainRef
     """The VM."""
@@ -440,9 +452,32 @@ class Series:
     until: datetime
     """End of the requested range (included)."""
     figures: tuple[Figure, ...]
-    """Figures present in every point."""
-    points: tuple[HistoryPoint, ...]
-    """Points, oldest first."""
+    """Figures present in `values`."""
+    times: tuple[datetime, ...]
+    """Sample time (raw) or bucket start (rollups) of each point, oldest first."""
+    counts: tuple[int, ...]
+    """Raw samples behind each point (1 for raw)."""
+    values: Mapping[Figure, FigureSeries]
+    """The figures' values, by figure."""
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    @property
+    def points(self) -> tuple[HistoryPoint, ...]:
+        """The series row by row."""
+        cols = {fig: self.values[fig] for fig in self.figures}
+        return tuple(
+            HistoryPoint(
+                time=t,
+                count=self.counts[i],
+                values={
+                    fig: FigureValue(c.min[i], c.max[i], c.mean[i], c.last[i])
+                    for fig, c in cols.items()
+                },
+            )
+            for i, t in enumerate(self.times)
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
