@@ -23,6 +23,8 @@ from types import TracebackType
 from typing import Any
 
 from orchestrator.errors import FatalError
+from orchestrator.xenstore import wire
+from orchestrator.xenstore.errors import error_for
 from orchestrator.xenstore.server import ServerSettings, XenstoreServer
 
 _START_TIMEOUT_S = 15.0
@@ -176,6 +178,30 @@ class ServerProcess:
                 self.kill()
                 raise FatalError(f"xenstored did not start within {_START_TIMEOUT_S} s")
             time.sleep(0.02)
+
+    def introduce(self, domid: int) -> Path:
+        """Introduce a domain over the privileged socket; returns its socket path."""
+        self._request(wire.Introduce(domid, 0, 0))
+        return self.domain_socket(domid)
+
+    def release(self, domid: int) -> None:
+        """Release a domain over the privileged socket."""
+        self._request(wire.Release(domid))
+
+    def _request(self, request: wire.Request) -> bytes:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10.0)
+            sock.connect(os.fspath(self.privileged_socket))
+            sock.sendall(wire.encode(wire.request_packet(request, req_id=1)))
+            decoder = wire.Decoder()
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    raise FatalError("xenstored closed the connection")
+                for reply in decoder.feed(data):
+                    if reply.op == wire.Op.ERROR:
+                        raise error_for(wire.decode_error(reply.payload), op=type(request).__name__)
+                    return reply.payload
 
     @property
     def pid(self) -> int:

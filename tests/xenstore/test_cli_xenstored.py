@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli.main import app
 from orchestrator.xenstore import wire
+from orchestrator.xenstore.errors import NoEntryError
 from orchestrator.xenstore.runner import ServerProcess, ServerThread
 
 
@@ -44,6 +45,12 @@ def test_process_serves_and_stops_on_sigterm(sock_dir: Path) -> None:
 def test_module_entry_point_serves_too(sock_dir: Path) -> None:
     with ServerProcess(sock_dir, domains=[7]) as daemon:
         assert _round_trip(daemon.domain_socket(7), wire.Read("domid")) == b"7"
+        path = daemon.introduce(8)
+        assert _round_trip(path, wire.Read("domid")) == b"8"
+        daemon.release(8)
+        assert not path.exists()
+        with pytest.raises(NoEntryError):
+            daemon.release(8)
         assert daemon.stop() == 0
     assert not daemon.privileged_socket.exists()
 
