@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     Connection,
     Engine,
+    Select,
     Table,
     and_,
     bindparam,
@@ -231,6 +232,15 @@ def _samples_insert_sql_for(dialect_name: str, dialect: Any) -> tuple[str, bool]
         if order != _SAMPLE_INSERT_COLUMNS:
             raise AssertionError(f"unexpected parameter order {order}")
     return str(compiled), bool(compiled.positional)
+
+
+@functools.cache
+def _tail_select(res: Resolution, figs: tuple[Figure, ...]) -> Select[Any]:
+    """Rollup rows of not-yet-rolled-up buckets of one domain, aggregated from
+    raw samples on the fly (cached: the statement is large to build)."""
+    agg = rollup.aggregate_select(res, by_domain=True).subquery()
+    names = [f"{f.column}_{a}" for f in figs for a in rollup.AGGREGATES]
+    return select(agg.c.t_ms, agg.c.n, *(agg.c[n] for n in names)).order_by(agg.c.t_ms)
 
 
 def _samples_insert_sql(dialect_name: str, conn: Connection) -> tuple[str, bool]:
@@ -810,9 +820,8 @@ class Store:
         tail_start = first if mark is None else max(first, mark)
         if tail_start <= end_ms:
             # Buckets not rolled up yet (the last few minutes): aggregate raw now.
-            agg = rollup.aggregate_select(res, by_domain=True).subquery()
             rows += conn.execute(
-                select(agg.c.t_ms, agg.c.n, *(agg.c[n] for n in names)).order_by(agg.c.t_ms),
+                _tail_select(res, tuple(figs)),
                 rollup.aggregate_params(tail_start, end_ms + 1, [domain_id]),
             ).all()
         cols: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else []
