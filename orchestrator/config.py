@@ -84,6 +84,16 @@ class MqttConfig:
     """First topic level of everything Ballast publishes."""
     client_id: str = ""
     """MQTT client id; empty: ``ballast-<host_name>``."""
+    tls_insecure: bool = False
+    """Skip verifying the broker's certificate and name (mqtts://; testing only)."""
+    protocol: str = "5"
+    """MQTT protocol version, ``"5"`` or ``"3.1.1"`` (older brokers)."""
+    qos: int = 1
+    """QoS of status, VM state and event publishes: 0 or 1."""
+    keepalive_s: int = 30
+    """MQTT keep-alive, seconds: a silent broker is noticed within 1.5 times this."""
+    queue_size: int = 10_000
+    """Messages held while the broker is slow or away; more are dropped and counted."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,6 +188,17 @@ def validate(config: Config, source: str = "configuration") -> Config:
         raise UsageError(f"{source}: [mqtt] set either password or password_file, not both")
     if not m.topic_prefix or any(ch in m.topic_prefix for ch in "+#/\0"):
         raise UsageError(f"{source}: [mqtt] topic_prefix must be one topic level without + # /")
+    if m.protocol not in ("5", "3.1.1"):
+        raise UsageError(f"{source}: [mqtt] protocol must be \"5\" or \"3.1.1\"")
+    if m.qos not in (0, 1):
+        raise UsageError(f"{source}: [mqtt] qos must be 0 or 1")
+    # MQTT 3.1.1 §3.1.2.10: a 16-bit number of seconds; Mosquitto refuses 1-4 s.
+    if not 5 <= m.keepalive_s <= 65535:
+        raise UsageError(f"{source}: [mqtt] keepalive_s must be between 5 and 65535")
+    if m.queue_size < 1:
+        raise UsageError(f"{source}: [mqtt] queue_size must be at least 1")
+    if m.tls_insecure and not m.broker.strip().startswith("mqtts://"):
+        raise UsageError(f"{source}: [mqtt] tls_insecure needs an mqtts:// broker")
     if not 0 <= config.metrics.port <= 65535:
         raise UsageError(f"{source}: [metrics] port must be between 0 and 65535")
     return config

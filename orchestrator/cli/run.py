@@ -22,7 +22,7 @@ def run(
         show_default=False,
     ),
     db: str | None = typer.Option(
-        None, "--db", help="History database path or URL (overrides [store] url).",
+        None, "--db", help="History database path or URL (overrides \\[store] url).",
         show_default=False,
     ),
     interval: float | None = typer.Option(
@@ -35,6 +35,19 @@ def run(
     ),
     log_level: str | None = typer.Option(
         None, "--log-level", help="debug, info, warning or error.", show_default=False
+    ),
+    broker: str | None = typer.Option(
+        None, "--broker",
+        help="Publish telemetry to this MQTT broker and take policy commands from it: "
+        "mqtt://host[:port] or mqtts://host[:port] (overrides \\[mqtt] broker; "
+        "user, password and TLS files come from ballast.toml).",
+        show_default=False,
+    ),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", min=0, max=65535,
+        help="Serve Prometheus metrics on this TCP port at /metrics "
+        "(overrides \\[metrics] port; 0 turns it off; address from \\[metrics] bind).",
+        show_default=False,
     ),
 ) -> None:
     """Run the controller: balloon every guest on this host until SIGTERM.
@@ -49,6 +62,8 @@ def run(
       ballast run
 
       ballast run --xenstore ./demo/xenstore --db ./demo/ballast.db --interval 2
+
+      ballast run --broker mqtt://broker.lan --metrics-port 9464
     """
     config = cfg.with_overrides(
         cfg.load(config_path, required=config_path is not None),
@@ -57,6 +72,8 @@ def run(
         controller__host_name=host_name,
         controller__log_level=log_level,
         store__url=db,
+        mqtt__broker=broker,
+        metrics__port=metrics_port,
     )
     logging.basicConfig(
         level=getattr(logging, config.controller.log_level.upper()),

@@ -1,10 +1,12 @@
 """``ballast run``: wire the controller to xenstore, the hypervisor, the store.
 
 Staged start (STYLE 6): open the history store (refusing an unmigrated one),
-start its writer, connect to xenstore, then run the loop; staged stop on
-SIGTERM or SIGINT: the cycle in flight finishes, a ``controller_stopped``
-event is queued, the writer drains, xenstore is closed. Nothing starts work
-in a constructor.
+start its writer, connect to xenstore, start MQTT telemetry and the
+Prometheus endpoint when configured, then run the loop; staged stop on
+SIGTERM or SIGINT: the cycle in flight finishes, telemetry flushes and says
+goodbye, the metrics endpoint closes, a ``controller_stopped`` event is
+queued, the writer drains, xenstore is closed. Nothing starts work in a
+constructor.
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ from pathlib import Path
 from orchestrator import config as cfg
 from orchestrator.control import HostPolicy
 from orchestrator.controller.loop import Controller, CycleSink, LoopSettings
+from orchestrator.controller.metrics import MetricsExporter, MetricsServer, serve_metrics
 from orchestrator.controller.record import StoreSink
 from orchestrator.controller.status import StatusSink
+from orchestrator.controller.telemetry_sink import connect_telemetry, telemetry_settings
 from orchestrator.hypervisor import Hypervisor
 from orchestrator.hypervisor.xl import XlHypervisor
 from orchestrator.steering import StorePolicySource
 from orchestrator.store.records import Event, EventKind
 from orchestrator.store.store import Store, StoreConfig, open_store
 from orchestrator.store.writer import StoreWriter
+from orchestrator.telemetry import Telemetry
 from orchestrator.xenstore.client import ClientSettings, PyxsClient, open_client
 
 log = logging.getLogger("ballast.controller")
@@ -69,6 +74,10 @@ class Daemon:
     writer: StoreWriter
     xs: PyxsClient
     sinks: list[CycleSink] = field(default_factory=list)
+    telemetry: Telemetry | None = None
+    """The MQTT publisher, when ``[mqtt] broker`` is set."""
+    metrics: MetricsServer | None = None
+    """The Prometheus endpoint, when ``[metrics] port`` is set."""
 
 
 @contextlib.asynccontextmanager
@@ -99,7 +108,28 @@ async def open_daemon(
             sinks=all_sinks,
             settings=loop_settings,
         )
-        yield Daemon(controller=controller, store=store, writer=writer, xs=xs, sinks=all_sinks)
+        daemon = Daemon(controller=controller, store=store, writer=writer, xs=xs,
+                        sinks=all_sinks)
+        async with contextlib.AsyncExitStack() as stack:
+            exporter = None
+            if config.metrics.port:
+                exporter = MetricsExporter(controller=controller, writer=writer)
+                daemon.metrics = stack.enter_context(
+                    serve_metrics(exporter, bind=config.metrics.bind, port=config.metrics.port)
+                )
+                _add_sink(daemon, exporter)
+                log.info("metrics on %s", daemon.metrics.url)
+            if config.mqtt.broker:
+                telemetry, sink = connect_telemetry(
+                    telemetry_settings(config), store=store, controller=controller,
+                    base=base_host_policy(config),
+                )
+                # Exited before the metrics endpoint closes: flush, goodbye, disconnect.
+                daemon.telemetry = await stack.enter_async_context(telemetry)
+                _add_sink(daemon, sink)
+                if exporter is not None:
+                    exporter.attach(telemetry=telemetry)
+            yield daemon
     finally:
         with contextlib.suppress(Exception):
             writer.record_event(
@@ -112,6 +142,11 @@ async def open_daemon(
             log.error("%d decisions/events could not be written before exit",
                       stats.queued_durable)
         store.close()
+
+
+def _add_sink(daemon: Daemon, sink: CycleSink) -> None:
+    daemon.controller.add_sink(sink)
+    daemon.sinks.append(sink)
 
 
 async def run_until_signalled(controller: Controller, stop: asyncio.Event | None = None) -> None:
