@@ -10,6 +10,7 @@ guest's memory and the policies steer them.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,6 +59,8 @@ def resolve_db_url(value: str | None = None) -> URL:
             raise UsageError(
                 f"database driver {url.drivername!r} is not supported; use postgresql+psycopg://"
             )
+        if importlib.util.find_spec("psycopg") is None:
+            raise UsageError("PostgreSQL support needs psycopg: pip install 'ballast[postgres]'")
         return url.set(drivername="postgresql+psycopg")
     if backend == "sqlite":
         if driver not in ("", "pysqlite"):
