@@ -1,0 +1,730 @@
+"""The e2e scenario, run inside the real dom0 once Xen's control plane is up.
+
+It creates the guests, runs the xenstore conformance probes against the real
+daemon, starts the Ballast controller against ``/run/xenstored/socket`` with
+the ``xl`` adapter and a SQLite store, and carries out checks 1-6 of the
+e2e issue on real memory. Every phase and check is announced on the console
+(``E2E-PHASE-BEGIN``/``-END``, ``E2E-CHECK {json}``) so the host can time it
+with its own clock, and everything is also written to the results directory,
+which ``dom0-init.sh`` saves to the results disk.
+
+A check whose Ballast command does not exist yet fails, naming the command:
+nothing passes by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+
+import xs_conformance as xc
+
+XENSTORED_SOCKET = "/run/xenstored/socket"
+CONSOLE_DIR = "/var/log/xen/console"
+GUEST_KERNEL = "/guest/vmlinuz"
+GUEST_INITRD = "/guest/initrd.gz"
+CONFIG_PATH = "/etc/ballast/ballast.toml"
+DB_PATH = "/var/lib/ballast/ballast.db"
+KIB_PER_MIB = 1024
+
+# The workload guests: boot size and ceiling (MiB). Three guests of 256 MiB
+# that may each grow to 768 MiB on a host with about 1.2 GiB for guests:
+# one guest alone can grow a lot, all three together cannot.
+GUESTS = {"g1": (256, 768), "g2": (256, 768), "g3": (256, 768)}
+CONF_GUEST = ("xsconf", 160)
+# Controller pacing for the run (host policy): short, so the law's steps can
+# be watched in seconds rather than minutes.
+INTERVAL_S = 2
+STALE_S = 10
+DEAD_S = 30
+FREE_MARGIN_MIB = 64
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+@dataclass
+class Budget:
+    """The time this runner has before the host gives up on the VM.
+
+    The host passes its deadline as a Unix time: QEMU starts the machine's
+    clock from the host's, and under TCG it keeps pace with it.
+    """
+
+    deadline: float = float("inf")
+
+    def remaining(self) -> float:
+        return self.deadline - time.time()
+
+
+BUDGET = Budget()
+# What the runner keeps back to stop the controller and save the results.
+RESERVE_S = 25.0
+
+
+# --- results -------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    directory: str
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def check(self, check_id: str, name: str, ok: bool, detail: str, seconds: float) -> None:
+        entry = {"id": check_id, "name": name, "ok": ok, "detail": detail,
+                 "seconds": round(seconds, 1)}
+        self.checks.append(entry)
+        say("E2E-CHECK " + json.dumps(entry, sort_keys=True))
+        self.save()
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        say(f"E2E-NOTE {text}")
+        self.save()
+
+    def save(self) -> None:
+        with open(os.path.join(self.directory, "checks.json"), "w") as f:
+            json.dump({"checks": self.checks, "notes": self.notes}, f, indent=1)
+        save_to_disk(self.directory)
+
+
+RESULTS_DISK = "/dev/vda"
+
+
+def save_to_disk(directory: str) -> None:
+    """Write the results so far to the results disk (a raw tar stream), with console logs.
+
+    Done after every check, so a run the host has to cut short still tells
+    what happened up to then.
+    """
+    if not os.path.exists(RESULTS_DISK):
+        return
+    for name in os.listdir(CONSOLE_DIR) if os.path.isdir(CONSOLE_DIR) else []:
+        with open(os.path.join(CONSOLE_DIR, name), "rb") as fin, \
+                open(os.path.join(directory, name), "wb") as fout:
+            fout.write(fin.read())
+    run(["tar", "cf", RESULTS_DISK, "-C", directory, "."], timeout_s=30)
+    run(["sync"], timeout_s=30)
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    started = time.monotonic()
+    say(f"E2E-PHASE-BEGIN {name}")
+    try:
+        yield
+    finally:
+        say(f"E2E-PHASE-END {name} {time.monotonic() - started:.1f}")
+
+
+class CheckFailed(Exception):
+    """A check's expectation did not hold; the message says what was seen."""
+
+
+def run_check(results: Results, check_id: str, name: str, body: Callable[[], str]) -> bool:
+    started = time.monotonic()
+    if BUDGET.remaining() < RESERVE_S + 15:
+        results.check(check_id, name, False, "not run: the VM's time budget is spent", 0.0)
+        return False
+    say(f"E2E-PHASE-BEGIN check-{check_id}")
+    try:
+        detail = body()
+        ok = True
+    except CheckFailed as exc:
+        detail, ok = str(exc), False
+    except Exception as exc:
+        detail, ok = f"harness error: {type(exc).__name__}: {exc}", False
+    say(f"E2E-PHASE-END check-{check_id} {time.monotonic() - started:.1f}")
+    results.check(check_id, name, ok, detail, time.monotonic() - started)
+    return ok
+
+
+# --- commands ------------------------------------------------------------------
+
+
+def run(argv: list[str], *, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(argv, 124, "", f"timed out after {timeout_s:.0f} s")
+    except OSError as exc:
+        return subprocess.CompletedProcess(argv, 127, "", str(exc))
+
+
+def must(argv: list[str], *, timeout_s: float = 60.0) -> str:
+    done = run(argv, timeout_s=timeout_s)
+    if done.returncode != 0:
+        err = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
+        raise CheckFailed(f"`{shlex.join(argv)}` exited {done.returncode}: {' | '.join(err)}")
+    return done.stdout
+
+
+def missing_commands(commands: list[list[str]]) -> list[str]:
+    """Ballast commands whose ``--help`` does not work (not there yet, or broken)."""
+    return [shlex.join(c) for c in commands if run([*c, "--help"]).returncode != 0]
+
+
+def xl_list() -> dict[str, tuple[int, int]]:
+    """name -> (domid, MiB) from plain ``xl list``."""
+    out: dict[str, tuple[int, int]] = {}
+    for line in run(["xl", "list"]).stdout.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 6 and parts[-5].isdigit() and parts[-4].isdigit():
+            out[" ".join(parts[:-5])] = (int(parts[-5]), int(parts[-4]))
+    return out
+
+
+def xl_info() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in run(["xl", "info"]).stdout.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out.setdefault(key.strip(), value.strip())
+    return out
+
+
+# --- xenstore ------------------------------------------------------------------
+
+
+class Xs:
+    """dom0's view through the real daemon (the probes' minimal client)."""
+
+    def __init__(self) -> None:
+        self.conn = xc.Connection(xc.SocketTransport(XENSTORED_SOCKET))
+
+    def read(self, path: str) -> str | None:
+        try:
+            return self.conn.read(path).decode(errors="replace")
+        except xc.XsError:
+            return None
+
+    def write(self, path: str, value: str) -> None:
+        self.conn.write(path, value)
+
+    def target_kb(self, domid: int) -> int | None:
+        value = self.read(f"/local/domain/{domid}/memory/target")
+        return int(value) if value and value.isdigit() else None
+
+    def state(self, domid: int) -> dict[str, Any]:
+        raw = self.read(f"/local/domain/{domid}/data/e2e/state")
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            data = {}
+        return data if isinstance(data, dict) else {}
+
+    def report(self, domid: int) -> dict[str, Any] | None:
+        raw = self.read(f"/local/domain/{domid}/data/ballast/report")
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def ctl(self, domid: int, **changes: Any) -> None:
+        path = f"/local/domain/{domid}/data/e2e/ctl"
+        raw = self.read(path)
+        try:
+            current = json.loads(raw) if raw else {}
+        except ValueError:
+            current = {}
+        current.update(changes)
+        self.write(path, json.dumps(current, sort_keys=True))
+
+
+def wait_for(what: str, probe: Callable[[], Any], *, timeout_s: float,
+             every_s: float = 1.0) -> Any:
+    """Poll ``probe`` until it returns something truthy; CheckFailed on timeout."""
+    timeout_s = min(timeout_s, max(BUDGET.remaining() - RESERVE_S, 1.0))
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise CheckFailed(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+# --- guests --------------------------------------------------------------------
+
+
+def guest_config(name: str, memory_mib: int, maxmem_mib: int, role: str) -> str:
+    path = f"/root/{name}.cfg"
+    with open(path, "w") as f:
+        f.write(
+            f'name = "{name}"\ntype = "pv"\nkernel = "{GUEST_KERNEL}"\n'
+            f'ramdisk = "{GUEST_INITRD}"\n'
+            f'extra = "console=hvc0 quiet loglevel=1 e2e.role={role}"\n'
+            f"memory = {memory_mib}\nmaxmem = {maxmem_mib}\nvcpus = 1\n"
+            'on_crash = "preserve"\n'
+        )
+    return path
+
+
+def console_tail(name: str, lines: int = 6) -> str:
+    try:
+        with open(f"{CONSOLE_DIR}/guest-{name}.log", errors="replace") as f:
+            return " | ".join(line.strip() for line in f.read().splitlines()[-lines:])[-600:]
+    except OSError:
+        return "no console log"
+
+
+def conformance(results: Results, after_introduce: Callable[[], None]) -> None:
+    name, mem = CONF_GUEST
+    cfg = guest_config(name, mem, mem, "conf")
+    xc.PROGRESS = True
+    lifecycle = xc.GuestConsole(config=cfg, name=name, console_dir=CONSOLE_DIR,
+                                timeout_s=max(30.0, min(200.0, BUDGET.remaining() / 2)))
+    started = time.monotonic()
+    try:
+        obs = xc.dom0_probes(lambda: xc.Connection(xc.SocketTransport(XENSTORED_SOCKET)),
+                             lifecycle, tools_env={"XENSTORED_PATH": XENSTORED_SOCKET},
+                             pyxs_connect=xc._pyxs_unix(XENSTORED_SOCKET),
+                             after_introduce=after_introduce)
+    except Exception as exc:
+        results.check("7-real", "conformance probes ran against the real xenstored", False,
+                      f"{type(exc).__name__}: {exc}", time.monotonic() - started)
+        return
+    with open(os.path.join(results.directory, "xs-real.json"), "w") as f:
+        json.dump(obs, f, indent=1, sort_keys=True)
+    crashed = {k: v for k, v in obs.items() if k.endswith("crashed")}
+    guest_seen = any(k.startswith("guest.") and not k.endswith("crashed") for k in obs)
+    ok = not crashed and guest_seen
+    detail = (f"{len(obs)} observations (dom0 and guest); sections: "
+              + json.dumps(xc.SECTION_SECONDS))
+    if crashed:
+        detail = f"sections crashed: {crashed}"
+    elif not guest_seen:
+        detail = "the guest printed no observations"
+    results.check("7-real", "conformance probes ran against the real xenstored", ok, detail,
+                  time.monotonic() - started)
+
+
+def start_guests() -> dict[str, subprocess.Popen[str]]:
+    """``xl create`` every workload guest, without waiting."""
+    say("E2E-NOTE creating the workload guests")
+    return {name: subprocess.Popen(["xl", "create", guest_config(name, mem, top, "work")],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for name, (mem, top) in GUESTS.items()}
+
+
+def create_guests(results: Results, xs: Xs,
+                  procs: dict[str, subprocess.Popen[str]]) -> dict[str, int]:
+    started = time.monotonic()
+    if not procs:
+        procs.update(start_guests())
+    failures = []
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=180)
+        if proc.returncode != 0:
+            failures.append(f"{name}: xl create exited {proc.returncode}: {out.strip()[-300:]}")
+    domids = {name: xl_list()[name][0] for name in GUESTS if name in xl_list()}
+    try:
+        wait_for("every guest's workload to report",
+                 lambda: all(xs.state(d).get("mem_total_kb") for d in domids.values())
+                 and len(domids) == len(GUESTS), timeout_s=180)
+    except CheckFailed as exc:
+        failures.append(str(exc))
+    if failures:
+        for name in GUESTS:
+            failures.append(f"{name} console: {console_tail(name)}")
+    agents = {name: xs.state(d).get("agent") for name, d in domids.items()}
+    results.check("guests", "PV guests booted with the workload running", not failures,
+                  "; ".join(failures) or f"domids {domids}, agents {agents}",
+                  time.monotonic() - started)
+    return domids
+
+
+# --- the controller ------------------------------------------------------------
+
+CONTROLLER_COMMANDS = [["ballast", "run"], ["ballast", "status"], ["ballast", "policy"],
+                       ["ballast", "history"], ["ballast", "db", "upgrade"]]
+
+
+@dataclass
+class Controller:
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: str = ""
+    problem: str = ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, lines: int = 5) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return " | ".join(line.strip() for line in f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def start_controller(results: Results) -> Controller:
+    ctl = Controller(log_path=os.path.join(results.directory, "controller.log"))
+    missing = missing_commands(CONTROLLER_COMMANDS)
+    if missing:
+        ctl.problem = "missing Ballast commands: " + ", ".join(missing)
+        results.note(ctl.problem)
+        return ctl
+    os.makedirs(os.path.dirname(CONFIG_PATH), exist_ok=True)
+    os.makedirs(os.path.dirname(DB_PATH), exist_ok=True)
+    with open(CONFIG_PATH, "w") as f:
+        f.write(
+            "[controller]\n"
+            f'xenstore = "{XENSTORED_SOCKET}"\nhypervisor = "xl"\nxl_path = "xl"\n'
+            f"interval_s = {INTERVAL_S}\nfree_margin_mb = {FREE_MARGIN_MIB}\n"
+            f'[store]\nurl = "sqlite:///{DB_PATH}"\n'
+        )
+    os.chmod(CONFIG_PATH, 0o644)
+    try:
+        must(["ballast", "db", "upgrade"], timeout_s=120)
+        must(["ballast", "policy", "host", "--interval", f"{INTERVAL_S}s", "--stale",
+              f"{STALE_S}s", "--dead", f"{DEAD_S}s", "--free-margin", f"{FREE_MARGIN_MIB}M"])
+    except CheckFailed as exc:
+        ctl.problem = f"setup failed: {exc}"
+        results.note(ctl.problem)
+        return ctl
+    log = open(ctl.log_path, "ab")  # noqa: SIM115 - handed to the controller
+    ctl.proc = subprocess.Popen(["ballast", "run", "--xenstore", XENSTORED_SOCKET],
+                                stdout=log, stderr=subprocess.STDOUT)
+    time.sleep(3)
+    if not ctl.alive():
+        ctl.problem = f"`ballast run` exited at once: {ctl.tail()}"
+        results.note(ctl.problem)
+    return ctl
+
+
+def status_json() -> Any:
+    return json.loads(must(["ballast", "status", "--json"]))
+
+
+def find_vm(status: Any, name: str, domid: int) -> dict[str, Any] | None:
+    """The status entry of one VM, wherever the JSON keeps it."""
+    if isinstance(status, dict):
+        if status.get("name") == name or (status.get("domid") == domid and "name" in status):
+            return status
+        for value in status.values():
+            found = find_vm(value, name, domid)
+            if found is not None:
+                return found
+    elif isinstance(status, list):
+        for item in status:
+            found = find_vm(item, name, domid)
+            if found is not None:
+                return found
+    return None
+
+
+def vm_state(entry: dict[str, Any]) -> str:
+    return str(entry.get("state", entry.get("status", ""))).lower()
+
+
+# --- checks 1-6 ----------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    results: Results
+    xs: Xs
+    domids: dict[str, int]
+    controller: Controller
+    history: dict[str, list[tuple[float, int | None]]] = field(default_factory=dict)
+
+    def require_controller(self) -> None:
+        if self.controller.problem:
+            raise CheckFailed(self.controller.problem)
+        if not self.controller.alive():
+            raise CheckFailed(f"`ballast run` is not running: {self.controller.tail()}")
+
+    def targets(self) -> dict[str, int | None]:
+        now = time.monotonic()
+        out = {name: self.xs.target_kb(d) for name, d in self.domids.items()}
+        for name, value in out.items():
+            self.history.setdefault(name, []).append((now, value))
+        return out
+
+    def guest_mib(self, name: str) -> int:
+        return xl_list().get(name, (0, 0))[1]
+
+    # 1
+    def discovery(self) -> str:
+        self.require_controller()
+        seen: dict[str, str] = {}
+
+        def all_listed() -> bool:
+            status = status_json()
+            for name, domid in self.domids.items():
+                entry = find_vm(status, name, domid)
+                if entry is not None:
+                    seen[name] = vm_state(entry)
+            return len(seen) == len(self.domids)
+
+        wait_for(f"`ballast status --json` to list {sorted(self.domids)}", all_listed,
+                 timeout_s=60, every_s=2)
+        figures = []
+        for name, domid in self.domids.items():
+            report = self.xs.report(domid)
+            state = self.xs.state(domid)
+            if report is None:
+                raise CheckFailed(f"{name}: no valid report in xenstore")
+            own, reported = state.get("mem_total_kb"), report.get("mem_total_kb")
+            if not own or not reported or abs(own - reported) > 0.02 * own:
+                raise CheckFailed(f"{name}: reported mem_total_kb {reported} but the guest's "
+                                  f"/proc/meminfo says {own}")
+            figures.append(f"{name} MemTotal {reported} kB, Committed_AS "
+                           f"{report.get('committed_as_kb')} kB ({seen[name]})")
+        return "; ".join(figures)
+
+    # 2
+    def rise_and_fall(self) -> str:
+        self.require_controller()
+        g, domid = "g1", self.domids["g1"]
+        t0 = self.targets()[g] or 0
+        m0 = self.guest_mib(g)
+        own0 = self.xs.state(domid).get("mem_total_kb") or 0
+        self.xs.ctl(domid, alloc_mib=320)
+        t_up = wait_for("g1's memory/target to rise by 200 MiB",
+                        lambda: (t := self.targets()[g]) and t >= t0 + 200 * KIB_PER_MIB and t,
+                        timeout_s=90)
+        wait_for("xl list to show g1 grown by 150 MiB",
+                 lambda: self.guest_mib(g) >= m0 + 150, timeout_s=90)
+        wait_for("g1's own MemTotal to grow by 150 MiB",
+                 lambda: (self.xs.state(domid).get("mem_total_kb") or 0)
+                 >= own0 + 150 * KIB_PER_MIB, timeout_s=90)
+        wait_for("g1 to hold its 320 MiB", lambda: self.xs.state(domid).get("touched_mib", 0)
+                 >= 300, timeout_s=90)
+        m_up = self.guest_mib(g)
+        own_up = self.xs.state(domid).get("mem_total_kb")
+        peak = max(self.targets()[g] or 0, t_up)
+        self.xs.ctl(domid, alloc_mib=0)
+        seen = [peak]
+        deadline = time.monotonic() + 8 * INTERVAL_S + 10
+        while time.monotonic() < deadline:
+            time.sleep(INTERVAL_S / 2)
+            t = self.targets()[g]
+            if t is not None and t != seen[-1]:
+                seen.append(t)
+        steps = [a - b for a, b in pairwise(seen)]
+        if len(steps) < 2 or any(s < 0 for s in steps):
+            raise CheckFailed(f"after freeing, target went {seen}: expected several "
+                              "decreasing steps")
+        total = seen[0] - seen[-1]
+        if steps[0] > 0.6 * total:
+            raise CheckFailed(f"first shrink step {steps[0]} kB of {total} kB: not paced "
+                              f"(targets {seen})")
+        wait_for("xl list to show g1 shrinking", lambda: self.guest_mib(g) < m_up - 20,
+                 timeout_s=30)
+        return (f"target {t0} -> {t_up} kB on allocating 320 MiB (xl list {m0} -> {m_up} MiB, "
+                f"guest MemTotal {own0} -> {own_up} kB); on freeing, targets {seen}")
+
+    # 3
+    def policy_cap(self) -> str:
+        self.require_controller()
+        g, domid = "g2", self.domids["g2"]
+        cap_mib = 320
+        self.xs.ctl(domid, alloc_mib=480)
+        wait_for("g2's demand to show in its report",
+                 lambda: ((self.xs.report(domid) or {}).get("committed_as_kb") or 0)
+                 > (cap_mib + 100) * KIB_PER_MIB, timeout_s=60)
+        must(["ballast", "policy", "set", g, "--max", f"{cap_mib}M"])
+        wait_for(f"g2's target to be capped at {cap_mib} MiB",
+                 lambda: (t := self.targets()[g]) is not None and t <= cap_mib * KIB_PER_MIB,
+                 timeout_s=30)
+        observed = []
+        for _ in range(3):
+            time.sleep(INTERVAL_S)
+            observed.append(self.targets()[g])
+        if any(t is None or t > cap_mib * KIB_PER_MIB for t in observed):
+            raise CheckFailed(f"target left the cap: {observed}")
+        wait_for("xl list to show g2 within the cap",
+                 lambda: self.guest_mib(g) <= cap_mib + 1, timeout_s=60)
+        mib = self.guest_mib(g)
+        must(["ballast", "policy", "unset", g, "max"])
+        self.xs.ctl(domid, alloc_mib=0)
+        return f"capped at {cap_mib} MiB while asking for more: targets {observed}, xl {mib} MiB"
+
+    # 4
+    def arbitration(self) -> str:
+        self.require_controller()
+        mins = {"g1": 200, "g2": 200, "g3": 200}
+        weights = {"g1": 100, "g2": 400, "g3": 100}
+        for g in self.domids:
+            must(["ballast", "policy", "set", g, "--min", f"{mins[g]}M",
+                  "--weight", str(weights[g])])
+        for domid in self.domids.values():
+            self.xs.ctl(domid, alloc_mib=544)
+        time.sleep(8 * INTERVAL_S)
+        stable = None
+        for _ in range(10):
+            first = self.targets()
+            time.sleep(2 * INTERVAL_S)
+            second = self.targets()
+            if first == second:
+                stable = second
+                break
+        if stable is None:
+            raise CheckFailed(f"targets never settled: {self.targets()}")
+        info = xl_info()
+        free_mib = int(info.get("free_memory", "0"))
+        problems = [f"{g} target {t} kB below its minimum {mins[g]} MiB"
+                    for g, t in stable.items() if t is None or t < mins[g] * KIB_PER_MIB]
+        wanted = {g: (self.xs.report(d) or {}).get("committed_as_kb") for g, d in
+                  self.domids.items()}
+        above = {g: (t or 0) - mins[g] * KIB_PER_MIB for g, t in stable.items()}
+        if above["g2"] <= max(above["g1"], above["g3"]):
+            problems.append(f"weight 400 did not get more above its minimum than weight 100: "
+                            f"{above}")
+        if free_mib > FREE_MARGIN_MIB + 64:
+            problems.append(f"host not short: {free_mib} MiB still free in Xen")
+        if problems:
+            raise CheckFailed("; ".join(problems) + f" (targets {stable}, wanted {wanted})")
+        for domid in self.domids.values():
+            self.xs.ctl(domid, alloc_mib=0)
+        for g in self.domids:
+            run(["ballast", "policy", "unset", g, "min", "weight"])
+        return (f"targets {stable} kB with minimums {mins} MiB and weights {weights}; "
+                f"Xen free {free_mib} MiB")
+
+    # 6
+    def stale_and_garbage(self) -> str:
+        self.require_controller()
+        g3, d3 = "g3", self.domids["g3"]
+        self.xs.ctl(d3, agent=False)
+        held = self.targets()[g3]
+        time.sleep(STALE_S + 2 * INTERVAL_S)
+
+        def stale() -> str | None:
+            entry = find_vm(status_json(), g3, d3)
+            state = vm_state(entry) if entry else ""
+            return state if state in ("stale", "dead") else None
+
+        state = wait_for("g3 to be shown stale", stale, timeout_s=20, every_s=2)
+        if self.targets()[g3] != held:
+            raise CheckFailed(f"stale g3's target moved from {held} to {self.targets()[g3]} "
+                              "before the dead timeout")
+        g2, d2 = "g2", self.domids["g2"]
+        before = self.targets()[g2]
+        others_before = {g: t for g, t in self.targets().items() if g != g2}
+        for seq in range(4):
+            self.xs.ctl(d2, garbage=seq)
+            time.sleep(INTERVAL_S + 1)
+        after = self.targets()[g2]
+        if before is not None and after is not None and after > before:
+            raise CheckFailed(f"g2 writing garbage got more memory: {before} -> {after} kB")
+        if not self.controller.alive():
+            raise CheckFailed(f"the controller died on garbage: {self.controller.tail()}")
+        return (f"g3 without agent shown {state!r}, target held at {held} kB; g2's garbage "
+                f"reports: target {before} -> {after} kB, others {others_before} -> "
+                f"{ {g: t for g, t in self.targets().items() if g != g2} }")
+
+    # 5
+    def status_and_history(self) -> str:
+        self.require_controller()
+        table = must(["ballast", "status"])
+        missing = [g for g in self.domids if g not in table]
+        if missing:
+            raise CheckFailed(f"`ballast status` does not show {missing}")
+        raw = must(["ballast", "history", "g1", "--json"])
+        try:
+            rows = json.loads(raw)
+        except ValueError as exc:
+            raise CheckFailed(f"`ballast history g1 --json` is not JSON: {exc}") from None
+        targets = [int(v) for v in _numbers_named(rows, "target")]
+        rises = sum(1 for a, b in pairwise(targets) if b > a)
+        falls = sum(1 for a, b in pairwise(targets) if b < a)
+        if not rises or not falls:
+            raise CheckFailed(f"history of g1 does not show the rise and the fall: "
+                              f"{len(targets)} targets, {rises} rises, {falls} falls")
+        return (f"status lists {sorted(self.domids)}; history of g1 has {len(targets)} "
+                f"targets, {rises} rises, {falls} falls")
+
+
+def _numbers_named(data: Any, stem: str) -> list[float]:
+    """Every number under a key starting with ``stem`` (``target``, ``target_kb``...)."""
+    out: list[float] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(key, str) and key.startswith(stem) and isinstance(value, int | float):
+                out.append(value)
+            else:
+                out.extend(_numbers_named(value, stem))
+    elif isinstance(data, list):
+        for item in data:
+            out.extend(_numbers_named(item, stem))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="The e2e scenario inside dom0.")
+    parser.add_argument("--results", required=True)
+    parser.add_argument("--xenstored", default="oxenstored")
+    parser.add_argument("--deadline", type=float, default=0.0,
+                        help="Unix time by which the results must be saved (0: no limit)")
+    args = parser.parse_args()
+    if args.deadline > 0:
+        BUDGET.deadline = args.deadline
+        if not 0 < BUDGET.remaining() < 3600:
+            say(f"E2E-WARN clock off: {BUDGET.remaining():.0f} s to the deadline; using 300 s")
+            BUDGET.deadline = time.time() + 300
+    os.makedirs(args.results, exist_ok=True)
+    results = Results(args.results)
+    results.note(f"xenstored: {args.xenstored}; " + re.sub(r"\s+", " ", run(
+        ["xl", "info"]).stdout.split("xen_commandline")[0])[-160:])
+
+    creating: dict[str, subprocess.Popen[str]] = {}
+    with phase("conformance"):
+        # The workload guests are created as soon as the conformance guest's
+        # introduction was seen, so they boot while the probes run.
+        conformance(results, lambda: creating.update(start_guests()))
+    xs = Xs()
+    with phase("guests"):
+        domids = create_guests(results, xs, creating)
+    with phase("controller"):
+        controller = start_controller(results)
+    scenario = Scenario(results, xs, domids, controller)
+    checks: list[tuple[str, str, Callable[[], str]]] = [
+        ("1", "controller discovers every guest and reads its real reports", scenario.discovery),
+        ("2", "target rises with allocation and falls at the law's pace", scenario.rise_and_fall),
+        ("3", "`ballast policy set GUEST --max` caps the guest", scenario.policy_cap),
+        ("4", "a short host: minimums hold, the rest shared by weight", scenario.arbitration),
+        ("6", "agent killed: stale and held; garbage report: nothing gained",
+         scenario.stale_and_garbage),
+        ("5", "`ballast status` and `ballast history` show what happened",
+         scenario.status_and_history),
+    ]
+    with phase("checks"):
+        for check_id, name, body in checks:
+            run_check(results, check_id, name, body)
+    with open(os.path.join(args.results, "targets.json"), "w") as f:
+        json.dump(scenario.history, f)
+    if controller.proc is not None and controller.alive():
+        controller.proc.terminate()
+        try:
+            controller.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            controller.proc.kill()
+    for name in GUESTS:
+        for src in (f"{CONSOLE_DIR}/guest-{name}.log",):
+            if os.path.exists(src):
+                with open(src, "rb") as fin, open(os.path.join(args.results, f"guest-{name}.log"),
+                                                  "wb") as fout:
+                    fout.write(fin.read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
