@@ -20,8 +20,7 @@ cause may be the host rather than the guest.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 # squeezed: a domain making no progress for 5 s is inactive
 # (assume_balloon_driver_stuck_after), and flagged uncooperative after 20 s.
@@ -41,8 +40,7 @@ TARGET_TOLERANCE_KB: Final = 1024
 MAX_INTERVALS_PER_CYCLE: Final = 2.0
 
 
-@dataclass(frozen=True, slots=True)
-class Progress:
+class Progress(NamedTuple):
     """A VM's progress score after one observation."""
 
     score_s: float

@@ -22,13 +22,14 @@ writes are ordered shrinks first. Pure: no I/O, no clock, no logging.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Final
 
 from agents.schema import MAX_MEMORY_KB, Directive, Report
 from orchestrator.control import estimators, guards, kernel
 from orchestrator.control.arbitration import Claim, share
-from orchestrator.control.estimators import Estimate, Figures
+from orchestrator.control.estimators import Estimate, Figures, Signals
 from orchestrator.control.plan import HostPlan, Plan, Reason, ReservationPlan, VmPlan, VmState
 from orchestrator.control.policy import (
     EffectiveVmPolicy,
@@ -39,7 +40,7 @@ from orchestrator.control.policy import (
     resolve,
 )
 from orchestrator.control.snapshot import Snapshot, VmObservation
-from orchestrator.control.state import ControlState, Signals, VmMemory
+from orchestrator.control.state import ControlState, VmMemory
 
 # A cycle that arrives up to 10 % early still counts as the next interval, so
 # a controller whose timer jitters does not halve the kernel's pace.
@@ -61,8 +62,24 @@ class _Vm:
     demand_kb: int | None
     pressure: bool
     directive: Directive | None
-    memory: VmMemory
     kind: str  # "flex" (shared by weight), "must" (fixed target), "hold" (charged what it holds)
+    # What goes into the next VmMemory (built once, with the final target).
+    score_s: float
+    uncooperative: bool
+    last_step_s: float | None
+    last_target_kb: int | None
+    report: Report | None
+    figures: Figures | None
+    signals: Signals | None
+    swap_last_pages: int
+    swap_counter: int
+    directive_seq: int
+    granted_kb: int = 0
+
+
+# ``resolve`` is pure, so memoising it is safe; policies change rarely and a
+# fleet has few distinct (policy, static-max) pairs.
+_resolve = functools.lru_cache(maxsize=16384)(resolve)
 
 
 def host_budget_kb(snapshot: Snapshot, host: HostPolicy) -> int:
@@ -92,7 +109,7 @@ def decide(snapshot: Snapshot, policy: Policy, state: ControlState | None = None
         key = (id(vm_policy), obs.static_max_kb)
         eff = resolved.get(key)
         if eff is None:
-            eff = resolve(vm_policy, host.defaults, obs.static_max_kb)
+            eff = _resolve(vm_policy, host.defaults, obs.static_max_kb)
             resolved[key] = eff
         work.append(_decide_vm(obs, eff, carried.get(obs.uuid), host, snapshot.now_s))
     return _arbitrate(snapshot, host, work)
@@ -122,8 +139,7 @@ def _decide_vm(
     score, uncooperative = _progress(prev, obs, actual, current, now_s, host, not_scored)
     inactive = score >= guards.INACTIVE_AFTER_S
 
-    fig = estimators.figures_of(obs.report) if obs.report is not None else None
-    report, signals = _remember_report(prev, obs, fig)
+    fig, report, figures, signals = _remember_report(prev, obs)
     directive_seq = max(
         prev.directive_seq if prev is not None else 0, obs.directive_seq or 0
     )
@@ -132,25 +148,21 @@ def _decide_vm(
     swap_counter = prev.swap_counter if prev is not None else 0
     last_target = prev.last_target_kb if prev is not None else None
 
-    def held(reason: Reason, vm_state: VmState) -> _Vm:
-        memory = VmMemory(
-            domid=obs.domid, last_seen_s=now_s, last_actual_kb=actual, stuck_score_s=score,
-            uncooperative=uncooperative, last_step_s=last_step_s, last_target_kb=last_target,
-            report=report, signals=signals, swap_last_pages=swap_last,
-            swap_counter=swap_counter, directive_seq=directive_seq,
-        )
-        return _Vm(
-            obs=obs, eff=eff, actual_kb=actual, current_kb=current, want_kb=current,
-            reason=reason, state=vm_state, estimator=None, demand_kb=None, pressure=False,
-            directive=None, memory=memory, kind="hold",
-        )
-
+    # The working record starts as "hold the current target" and is filled in.
+    vm = _Vm(
+        obs, eff, actual, current, current, Reason.STEADY, VmState.OK, None, None, False,
+        None, "hold", score, uncooperative, last_step_s, last_target, report, figures,
+        signals, swap_last, swap_counter, directive_seq,
+    )
     if host.paused:
-        return held(Reason.PAUSED, VmState.PAUSED)
+        vm.reason, vm.state = Reason.PAUSED, VmState.PAUSED
+        return vm
     if eff.mode is Mode.OFF:
-        return held(Reason.OFF, VmState.OFF)
+        vm.reason, vm.state = Reason.OFF, VmState.OFF
+        return vm
     if obs.paused:
-        return held(Reason.DOMAIN_PAUSED, VmState.PAUSED)
+        vm.reason, vm.state = Reason.DOMAIN_PAUSED, VmState.PAUSED
+        return vm
 
     due = _due(last_step_s, now_s, host.interval_s)
     age = obs.report_age_s
@@ -209,6 +221,7 @@ def _decide_vm(
 
     if (
         kind == "flex"
+        and obs.target_kb is not None
         and target != current
         and abs(target - current) < eff.deadband_kb
         and eff.min_kb <= current <= eff.max_kb
@@ -230,17 +243,12 @@ def _decide_vm(
 
     if (uncooperative or inactive) and actual > target:
         kind = "hold"  # it is not moving: charge what it holds, do not count on it
-    memory = VmMemory(
-        domid=obs.domid, last_seen_s=now_s, last_actual_kb=actual, stuck_score_s=score,
-        uncooperative=uncooperative, last_step_s=now_s if stepped else last_step_s,
-        last_target_kb=last_target, report=report, signals=signals,
-        swap_last_pages=swap_last, swap_counter=swap_counter, directive_seq=directive_seq,
-    )
-    return _Vm(
-        obs=obs, eff=eff, actual_kb=actual, current_kb=current, want_kb=target,
-        reason=reason, state=vm_state, estimator=estimator, demand_kb=demand,
-        pressure=pressure, directive=directive, memory=memory, kind=kind,
-    )
+    vm.want_kb, vm.reason, vm.state, vm.kind = target, reason, vm_state, kind
+    vm.estimator, vm.demand_kb, vm.pressure, vm.directive = estimator, demand, pressure, directive
+    if stepped:
+        vm.last_step_s = now_s
+    vm.swap_last_pages, vm.swap_counter, vm.directive_seq = swap_last, swap_counter, directive_seq
+    return vm
 
 
 def _progress(
@@ -269,21 +277,27 @@ def _progress(
 
 
 def _remember_report(
-    prev: VmMemory | None, obs: VmObservation, fig: Figures | None
-) -> tuple[Report | None, Signals | None]:
-    """The report to carry and the signals of the current one."""
-    if obs.report is None or fig is None:
-        return (prev.report if prev is not None else None), (
-            prev.signals if prev is not None else None
-        )
-    if prev is not None and prev.report is obs.report:
-        return prev.report, prev.signals
-    previous = None
-    if prev is not None and prev.report is not None:
-        previous = estimators.figures_of(prev.report)
-        if previous is not None and previous.seq == fig.seq and previous.uptime_s == fig.uptime_s:
-            return obs.report, prev.signals  # the same report again
-    return obs.report, estimators.signals_between(previous, fig)
+    prev: VmMemory | None, obs: VmObservation
+) -> tuple[Figures | None, Report | None, Figures | None, Signals | None]:
+    """The current report's figures, and the report, figures and signals to carry.
+
+    An unchanged report (same object, or same seq and uptime) is not parsed
+    or differenced again; an unusable one leaves the carried ones in place.
+    """
+    if prev is not None and prev.report is not None and (
+        prev.report is obs.report or prev.report == obs.report
+    ):
+        return prev.figures, prev.report, prev.figures, prev.signals
+    kept = (prev.report, prev.figures, prev.signals) if prev is not None else (None, None, None)
+    if obs.report is None:
+        return None, *kept
+    fig = estimators.figures_of(obs.report)
+    if fig is None:
+        return None, *kept
+    previous = prev.figures if prev is not None else None
+    if previous is not None and previous.seq == fig.seq and previous.uptime_s == fig.uptime_s:
+        return fig, obs.report, fig, kept[2]  # the same report again
+    return fig, obs.report, fig, estimators.signals_between(previous, fig)
 
 
 def _due(last_step_s: float | None, now_s: float, interval_s: float) -> bool:
@@ -293,21 +307,23 @@ def _due(last_step_s: float | None, now_s: float, interval_s: float) -> bool:
     return elapsed < 0 or elapsed >= interval_s * (1.0 - STEP_JITTER_FRACTION)
 
 
-def _reserve_pages(eff: EffectiveVmPolicy, static_max_kb: int) -> int:
-    if eff.kernel_reserve:
-        # selfballoon_reserved_mb: 10 % of the RAM the guest booted with, whole
-        # MiB. dom0 does not know the boot size; static-max stands in for it.
-        mb = kernel.default_reserved_mb(kernel.kb_to_pages(static_max_kb))
-        return kernel.mb_to_pages(mb)
+def _reserve_pages(eff: EffectiveVmPolicy) -> int:
+    # With no policy reserve, ``resolve`` already gave the kernel's
+    # selfballoon_reserved_mb: 10 % of the RAM the guest booted with, whole MiB
+    # (dom0 does not know the boot size; static-max stands in for it).
     return kernel.kb_to_pages(eff.reserve_kb)
 
 
 def _floor_pages(eff: EffectiveVmPolicy, static_max_kb: int, totalreserve: int) -> int:
     if eff.min_usable_kb is not None:
         return totalreserve + kernel.kb_to_pages(eff.min_usable_kb)
-    return kernel.selfballoon_floor_pages(
-        max_pfn=kernel.kb_to_pages(static_max_kb), totalreserve=totalreserve
-    )
+    return _kernel_floor(kernel.kb_to_pages(static_max_kb), totalreserve)
+
+
+@functools.lru_cache(maxsize=16384)
+def _kernel_floor(max_pfn: int, totalreserve: int) -> int:
+    # Pure and called for every VM every cycle with the same few arguments.
+    return kernel.selfballoon_floor_pages(max_pfn=max_pfn, totalreserve=totalreserve)
 
 
 def balloon_offset_pages(
@@ -336,7 +352,7 @@ def _run_law(
     due: bool,
 ) -> tuple[int, int, Reason, bool]:
     """Estimator + kernel step + floor + conversion: a target in KiB."""
-    reserve = _reserve_pages(eff, obs.static_max_kb)
+    reserve = _reserve_pages(eff)
     est: Estimate
     if eff.estimator is Estimator.COMMITTED:
         est = estimators.committed(
@@ -420,7 +436,7 @@ def _run_basic(
     due: bool,
 ) -> tuple[int, int, Reason]:
     total_kb, free_kb = data
-    est = estimators.basic(total_kb, free_kb, reserve_pages=_reserve_pages(eff, obs.static_max_kb))
+    est = estimators.basic(total_kb, free_kb, reserve_pages=_reserve_pages(eff))
     cur = kernel.kb_to_pages(total_kb)
     offset = max(kernel.kb_to_pages(actual) - cur, 0)
     target, reason = _step(est, cur, offset, eff, obs.static_max_kb, 0)
@@ -478,7 +494,8 @@ def _arbitrate(snapshot: Snapshot, host: HostPolicy, work: list[_Vm]) -> Plan:
     ]
     requests = [r.size_kb for r in snapshot.reservations]
     sharing = share(budget - fixed_charge, claims, requests)
-    grants = dict(zip((id(vm) for vm in flex), sharing.grants_kb, strict=True))
+    for vm, granted in zip(flex, sharing.grants_kb, strict=True):
+        vm.granted_kb = granted
 
     plans: list[VmPlan] = []
     shrinks: list[tuple[int, int]] = []
@@ -488,9 +505,8 @@ def _arbitrate(snapshot: Snapshot, host: HostPolicy, work: list[_Vm]) -> Plan:
     for vm in work:
         target, reason = vm.want_kb, vm.reason
         if vm.kind == "flex":
-            granted = grants[id(vm)]
-            if granted < target:
-                target = granted
+            if vm.granted_kb < target:
+                target = vm.granted_kb
                 reason = Reason.OVERCOMMITTED if sharing.overcommitted else Reason.HOST_SHORT
             charge = target
             sum_min += min(vm.eff.min_kb, vm.want_kb)
@@ -505,10 +521,21 @@ def _arbitrate(snapshot: Snapshot, host: HostPolicy, work: list[_Vm]) -> Plan:
         if write:
             delta = target - vm.current_kb
             (shrinks if delta < 0 else grows).append((delta, vm.obs.domid))
-        memory = vm.memory
-        if managed:
-            memory = _with_target(memory, target)
-        memories[vm.obs.uuid] = memory
+        memories[vm.obs.uuid] = VmMemory(
+            domid=vm.obs.domid,
+            last_seen_s=snapshot.now_s,
+            last_actual_kb=vm.actual_kb,
+            stuck_score_s=vm.score_s,
+            uncooperative=vm.uncooperative,
+            last_step_s=vm.last_step_s,
+            last_target_kb=target if managed else vm.last_target_kb,
+            report=vm.report,
+            figures=vm.figures,
+            signals=vm.signals,
+            swap_last_pages=vm.swap_last_pages,
+            swap_counter=vm.swap_counter,
+            directive_seq=vm.directive_seq,
+        )
         sum_targets += target
         sum_charged += charge
         sum_wanted += vm.want_kb
@@ -516,10 +543,10 @@ def _arbitrate(snapshot: Snapshot, host: HostPolicy, work: list[_Vm]) -> Plan:
             VmPlan(
                 domid=vm.obs.domid, uuid=vm.obs.uuid, name=vm.obs.name, target_kb=target,
                 previous_target_kb=vm.obs.target_kb, write=write, directive=vm.directive,
-                uncooperative=vm.memory.uncooperative, state=vm.state, reason=reason,
+                uncooperative=vm.uncooperative, state=vm.state, reason=reason,
                 estimator=vm.estimator, demand_kb=vm.demand_kb, want_kb=vm.want_kb,
                 min_kb=vm.eff.min_kb, max_kb=vm.eff.max_kb, actual_kb=vm.actual_kb,
-                charge_kb=charge, pressure=vm.pressure, stuck_score_s=vm.memory.stuck_score_s,
+                charge_kb=charge, pressure=vm.pressure, stuck_score_s=vm.score_s,
             )
         )
     # Shrinks first, largest first, so memory is freed before it is granted;
@@ -550,22 +577,3 @@ def _arbitrate(snapshot: Snapshot, host: HostPolicy, work: list[_Vm]) -> Plan:
         write_order=tuple(d for _, d in shrinks) + tuple(d for _, d in grows),
         state=ControlState(memories),
     )
-
-
-def _with_target(memory: VmMemory, target: int) -> VmMemory:
-    return VmMemory(
-        domid=memory.domid,
-        last_seen_s=memory.last_seen_s,
-        last_actual_kb=memory.last_actual_kb,
-        stuck_score_s=memory.stuck_score_s,
-        uncooperative=memory.uncooperative,
-        last_step_s=memory.last_step_s,
-        last_target_kb=target,
-        report=memory.report,
-        signals=memory.signals,
-        swap_last_pages=memory.swap_last_pages,
-        swap_counter=memory.swap_counter,
-        directive_seq=memory.directive_seq,
-    )
-
-

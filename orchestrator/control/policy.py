@@ -353,7 +353,10 @@ def coerce_value(name: str, value: object) -> object:
         return None
     if short in _SIZE_FIELDS:
         if isinstance(value, str):
-            return parse_size_kb(value)
+            try:
+                return parse_size_kb(value)
+            except UsageError as exc:
+                raise PolicyError(f"{label}: {exc}") from None
         if isinstance(value, bool) or not isinstance(value, int):
             raise PolicyError(f"{label} must be a size such as 512M or a whole number of KiB")
         if not 0 <= value <= MAX_SIZE_KB:
@@ -361,7 +364,10 @@ def coerce_value(name: str, value: object) -> object:
         return value
     if short in _DURATION_FIELDS:
         if isinstance(value, str):
-            return parse_duration_s(value)
+            try:
+                return parse_duration_s(value)
+            except UsageError as exc:
+                raise PolicyError(f"{label}: {exc}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise PolicyError(f"{label} must be a duration such as 5s or 2m")
         seconds = float(value)

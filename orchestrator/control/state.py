@@ -13,25 +13,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
 from agents.schema import Report
+from orchestrator.control.estimators import Figures, Signals
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Signals:
-    """Pressure signals of one report, from counter differences with the previous one."""
-
-    stall_frac: float | None
-    """Share of time some task stalled on memory (PSI some), 0..1; None: unknown."""
-    refault_pps: float | None
-    """Workingset refaults per second; None: unknown."""
-    swapin_pps: float | None
-    """Pages swapped in per second; None: unknown."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VmMemory:
-    """The carried state of one VM."""
+class VmMemory(NamedTuple):
+    """The carried state of one VM (immutable; a NamedTuple for speed, one per VM per cycle)."""
 
     domid: int
     """The domain it belongs to; a new domid (reboot, migration) resets the guards."""
@@ -49,6 +38,8 @@ class VmMemory:
     """The last target Ballast decided: the "last known good" a stale VM holds."""
     report: Report | None = None
     """The last distinct report seen, for counter differences."""
+    figures: Figures | None = None
+    """That report, sanitised (kept so an unchanged report is not parsed again)."""
     signals: Signals | None = None
     """Signals computed when that report arrived."""
     swap_last_pages: int = 0
@@ -79,3 +70,6 @@ class ControlState:
     def get(self, uuid: str) -> VmMemory | None:
         """One VM's carried state, if any."""
         return self.vms.get(uuid)
+
+
+__all__ = ["ControlState", "Figures", "Signals", "VmMemory"]
