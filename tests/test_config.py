@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from orchestrator import config as cfg
 from orchestrator.cli.main import app
+from orchestrator.controller.telemetry_sink import telemetry_settings
 from orchestrator.errors import UsageError
 
 
@@ -54,6 +55,13 @@ def test_values_are_read_and_ints_accepted_for_floats(tmp_path: Path) -> None:
         ("[metrics]\nport = 70000\n", "port"),
         ("controller = 3\n", "must be a table"),
         ("[controller\n", "not valid TOML"),
+        ('[mqtt]\nprotocol = "4"\n', "protocol"),
+        ("[mqtt]\nprotocol = 5\n", "must be a str"),
+        ("[mqtt]\nqos = 2\n", "qos must be 0 or 1"),
+        ("[mqtt]\nkeepalive_s = 3\n", "keepalive_s"),
+        ("[mqtt]\nqueue_size = 0\n", "queue_size"),
+        ('[mqtt]\nbroker = "mqtt://x"\ntls_insecure = true\n', "mqtts://"),
+        ("[mqtt]\ntls_insecure = 1\n", "must be a bool"),
     ],
 )
 def test_bad_files_are_refused_with_the_key_named(tmp_path: Path, text: str, message: str) -> None:
@@ -96,3 +104,25 @@ def test_config_show_cli(tmp_path: Path) -> None:
     assert "unknown section" in result.output
     assert "Traceback" not in result.output
     os.chmod(bad, 0o600)
+
+
+def test_mqtt_tuning_reaches_the_telemetry_settings(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[controller]\nhost_name = "h1"\n'
+                            '[mqtt]\nbroker = "mqtts://broker.lan"\ntls_insecure = true\n'
+                            'protocol = "3.1.1"\nqos = 0\nkeepalive_s = 12\nqueue_size = 77\n'
+                            'topic_prefix = "site-a"\n')
+    settings = telemetry_settings(cfg.load(path))
+    assert (settings.host_name, settings.topic_prefix) == ("h1", "site-a")
+    assert (settings.qos, settings.queue_size) == (0, 77)
+    broker = settings.broker
+    assert (broker.host, broker.port, broker.protocol, broker.keepalive_s) == (
+        "broker.lan", 8883, "3.1.1", 12
+    )
+    assert broker.tls is not None and broker.tls.insecure
+    # The defaults are the telemetry's own.
+    plain = telemetry_settings(cfg.Config(mqtt=cfg.MqttConfig(broker="mqtt://b")))
+    assert (plain.qos, plain.queue_size, plain.broker.protocol, plain.broker.tls) == (
+        1, 10_000, "5", None
+    )
+    with pytest.raises(UsageError, match="not configured"):
+        telemetry_settings(cfg.Config())
