@@ -29,7 +29,7 @@ from orchestrator.telemetry.fleet import FleetView, fetch_fleet, send_policy_com
 from orchestrator.telemetry.messages import EventMsg, decode_event
 from orchestrator.telemetry.topics import HostTopics
 from tests.controller.conftest import GIB_KB
-from tests.telemetry.conftest import eventually
+from tests.telemetry.conftest import PrivateBroker, eventually
 from tests.telemetry.sim_controller import SimController, sim_controller
 
 pytestmark = pytest.mark.mqtt
@@ -232,3 +232,42 @@ async def test_a_policy_change_from_the_cli_is_announced(
                          what="policy_changed for a CLI change")
         (event,) = [e for e in events.seen if e.kind == "policy_changed"]
         assert "version 1" in event.detail
+
+
+async def test_control_goes_on_while_the_broker_is_away_and_state_is_republished(
+    workdir: Path, private_broker: PrivateBroker
+) -> None:
+    prefix = "down"  # a private broker that keeps nothing: no prefix to share
+    broker = BrokerSettings(host="127.0.0.1", port=private_broker.port)
+    async with sim_controller(workdir, host_name=HOST,
+                              mqtt=("127.0.0.1", private_broker.port, prefix)) as host:
+        telemetry = host.daemon.telemetry
+        controller = host.daemon.controller
+        assert telemetry is not None
+        await eventually(lambda: telemetry.stats.connected, what="connected")
+        assert await asyncio.to_thread(host.daemon.writer.flush, 10)
+        private_broker.stop()
+        await eventually(lambda: not telemetry.stats.connected, what="disconnected")
+        cycles = controller.cycles
+        # While the broker is away an operator caps db locally; the controller obeys.
+        result = await asyncio.to_thread(
+            CliRunner().invoke, app,
+            ["policy", "set", "db", "--max", "1G", "--db", str(host.db), "--host-name", HOST],
+        )
+        assert result.exit_code == 0, result.output
+        await eventually(lambda: host.hv.actual_kb(6) <= GIB_KB, timeout_s=10,
+                         what="db capped with the broker down")
+        assert controller.cycles > cycles and not telemetry.stats.connected
+        private_broker.start()  # empty: whatever it holds now was republished
+
+        async def republished() -> bool:
+            plan = controller.last_plan
+            view = await _fleet(broker, prefix)
+            if plan is None or len(view.hosts) != 1 or view.hosts[0].condition != "online":
+                return False
+            retained = {vm.name: vm.state.target_kb if vm.state else None
+                        for vm in view.hosts[0].vms}
+            return retained == {vm.name: vm.target_kb for vm in plan.vms}
+
+        await eventually(republished, timeout_s=10, what="states republished after restart")
+        assert telemetry.stats.connects >= 2
