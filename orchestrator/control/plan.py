@@ -10,6 +10,7 @@ back into the next cycle.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -218,9 +219,9 @@ class Plan:
 
     def vm(self, domid: int) -> VmPlan:
         """The plan of one domain; KeyError if it was not in the snapshot."""
-        for vm in self.vms:
-            if vm.domid == domid:
-                return vm
+        index = bisect.bisect_left(self.vms, domid, key=_domid)
+        if index < len(self.vms) and self.vms[index].domid == domid:
+            return self.vms[index]
         raise KeyError(domid)
 
     def by_uuid(self) -> dict[str, VmPlan]:
@@ -235,3 +236,7 @@ class Plan:
     def directives(self) -> tuple[VmPlan, ...]:
         """The VMs that get a new swap-shrink directive."""
         return tuple(vm for vm in self.vms if vm.directive is not None)
+
+
+def _domid(vm: VmPlan) -> int:
+    return vm.domid

@@ -325,3 +325,11 @@ def test_rates_need_a_real_time_window_and_tiny_stalls_do_not_overflow() -> None
     assert est.probe_shrink_pages(1 << 20, tiny) == int((1 << 20) * est.SENPAI_MAX_PROBE)
     flood = est.Signals(stall_frac=1.0, refault_pps=1e300, swapin_pps=1e300)
     assert est.pressure_grow_pages(1 << 20, flood, 5.0) >= 1 << 20
+
+
+def test_plan_lookup_by_domid() -> None:
+    plan = decide(snapshot(vm(3), vm(11), vm(7)), Policy())
+    assert [v.domid for v in plan.vms] == [3, 7, 11]
+    assert plan.vm(7).domid == 7 and plan.by_uuid()[vm(11).uuid].domid == 11
+    with pytest.raises(KeyError):
+        plan.vm(5)
