@@ -43,12 +43,26 @@ class Series:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class VmOutcome:
+    """How one guest fared in a run (for finding where a controller loses)."""
+
+    name: str
+    ooms: int
+    swapins: int
+    """Pages swapped in on faults."""
+    refaults: int
+    """Hot cache pages refaulted."""
+    deficit_mb_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunResult:
     """One controller's run of one scenario."""
 
     controller: str
     metrics: RunMetrics
     series: Series
+    vms: tuple[VmOutcome, ...] = ()
 
 
 def initial_allocations(scenario: Scenario, configs: Sequence[GuestConfig]) -> tuple[int, ...]:
@@ -152,9 +166,20 @@ def run(
         swapins=sum(s.counters.swapin_faults for s in states),
         ooms=sum(s.counters.ooms for s in states),
     )
+    deficits = acc.deficit_by_vm_mb_s()
     return RunResult(
         controller=controller_name,
         metrics=metrics,
+        vms=tuple(
+            VmOutcome(
+                name=spec.name,
+                ooms=state.counters.ooms,
+                swapins=state.counters.swapin_faults,
+                refaults=state.counters.refault_file,
+                deficit_mb_s=deficits[i],
+            )
+            for i, (spec, state) in enumerate(zip(scenario.vms, states, strict=True))
+        ),
         series=Series(
             t_s=tuple(series_t), alloc_mb=tuple(series_alloc), need_mb=tuple(series_need)
         ),

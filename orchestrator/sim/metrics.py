@@ -146,6 +146,7 @@ class Accumulator:
         self._duration_s = scenario.duration_s
         self._alloc_kb_s = 0.0
         self._deficit_kb_s = 0.0
+        self._deficit_by_vm_kb_s = [0.0] * len(configs)
         self._violation_kb_s = 0.0
         self._churn_kb = 0
         self._psi_ticks = 0
@@ -180,6 +181,7 @@ class Accumulator:
             need = needs_kb[i]
             if need > alloc:
                 self._deficit_kb_s += (need - alloc) * dt_s
+                self._deficit_by_vm_kb_s[i] += (need - alloc) * dt_s
             self._churn_kb += abs(alloc - prev_allocs_kb[i])
             self._ticks += 1
             if psi_some_avg10[i] > PSI_THRESHOLD_PCT:
@@ -193,6 +195,10 @@ class Accumulator:
             if self._pending[i] and alloc + REACTION_SLACK_KB >= need:
                 self._reactions.extend(t_s - s for s in self._pending[i])
                 self._pending[i].clear()
+
+    def deficit_by_vm_mb_s(self) -> list[float]:
+        """Each guest's share of the deficit, MB·s."""
+        return [d / KB_PER_MB for d in self._deficit_by_vm_kb_s]
 
     def finish(self, *, swapins: int, ooms: int) -> RunMetrics:
         """The run's figures."""

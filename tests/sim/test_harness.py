@@ -97,8 +97,13 @@ def test_a_starved_guest_swaps_stalls_and_reacts_never(tmp_path: Path) -> None:
 
 def test_ooms_are_counted_and_fail_the_controller(tmp_path: Path) -> None:
     sc = scenario(tmp_path, swap_mb=0)
-    m = run(sc, "starve", fixed(1000)).metrics  # type: ignore[arg-type]
+    result = run(sc, "starve", fixed(1000))  # type: ignore[arg-type]
+    m = result.metrics
     assert m.ooms > 0
+    # Per guest, the figures add up to the run's.
+    assert [v.name for v in result.vms] == ["g0", "g1"]
+    assert sum(v.ooms for v in result.vms) == m.ooms
+    assert sum(v.deficit_mb_s for v in result.vms) == pytest.approx(m.deficit_mb_s)
     assert score("starve", m, static_mb=6144, oracle_mb=3000).failed
 
 
