@@ -5,11 +5,13 @@ Two measurements, each against a baseline in the same run:
 1. Publish throughput of one cycle's messages for 1,000 VMs (1,000 retained
    VM states + the host status) through :class:`Telemetry` (bounded queue,
    pipelined publishes), against one acknowledged publish at a time.
-2. The controller cycle with telemetry off (the real ``decide()`` on a
-   1,000-VM snapshot) against telemetry on: the same cycle plus building and
-   enqueuing every VM state and the status, with the broker up and with the
-   broker down (queue full, messages dropped). Besides the time inside the
-   cycle, the CPU the event loop spends sending between cycles is reported.
+2. The real controller cycle (``Controller.run_cycle()``: observe 1,000
+   domains over the project's xenstore server and the simulated hypervisor,
+   decide, apply, feed the sinks) with telemetry off, against the same cycle
+   with the real ``TelemetrySink`` and ``Telemetry`` on, with the broker up
+   and with the broker down (queue full, messages dropped). Every guest
+   writes a report each interval; a tenth change their working set. Besides
+   the time inside the cycle, the CPU spent sending after it is reported.
 
 Usage: .venv/bin/python bench/mqtt.py [--broker mqtt://127.0.0.1:1883] [--vms 1000]
        [--cycles 20]
@@ -21,16 +23,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import secrets
+import shutil
 import socket
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from agents.schema import Report
+from agents.schema import Report, encode_report
 from orchestrator.control import Plan, Policy, Snapshot, VmObservation, decide
 from orchestrator.control.state import ControlState
+from orchestrator.controller.loop import Controller, CycleResult, CycleSink, StaticPolicy
+from orchestrator.controller.telemetry_sink import TelemetrySink
+from orchestrator.hypervisor.simulated import SimulatedHypervisor, lay_out_domain
 from orchestrator.telemetry import (
     BrokerSettings,
     HostStatusMsg,
@@ -42,6 +51,8 @@ from orchestrator.telemetry import (
 )
 from orchestrator.telemetry.messages import encode_vm_state
 from orchestrator.telemetry.topics import HostTopics
+from orchestrator.xenstore.client import PyxsClient
+from orchestrator.xenstore.server import XenstoreServer
 
 GIB_KB = 1 << 20
 
@@ -228,54 +239,169 @@ async def throughput_one_at_a_time(
     return times
 
 
-@dataclass
-class CycleFigures:
-    """Medians are taken over these per-cycle lists (seconds)."""
-
-    decide_cpu: list[float] = field(default_factory=list)
-    """This thread's CPU in decide()."""
-    telemetry_cpu: list[float] = field(default_factory=list)
-    """This thread's CPU in the telemetry calls: building messages, enqueuing."""
-    total_cpu: list[float] = field(default_factory=list)
-    """Process CPU from one cycle's start to the next, the event loop's sending included."""
-    sent: int = 0
+# ---- the real controller cycle -------------------------------------------------
 
 
-async def cycle_times(
-    snaps: Sequence[Snapshot],
-    publisher: Publisher | None,
-    *,
-    drain: bool,
-    steady: Plan | None = None,
-) -> CycleFigures:
-    """Run one controller cycle per snapshot and time its parts.
+class ManualClock:
+    """The controller's clock: each cycle is one control interval later."""
 
-    CPU times (``thread_time``) are immune to other load on the machine.
-    With ``steady``, that plan is published every cycle instead of the new
-    one: the VMs' states repeat unchanged, only the status is new.
-    """
-    policy = Policy()
-    state = ControlState()
-    out = CycleFigures()
-    telemetry = publisher.telemetry if publisher is not None else None
-    sent_before = telemetry.stats.published if telemetry is not None else 0
-    for snap in snaps:
-        cpu_start = time.process_time()
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+class TimedSink:
+    """Feeds the telemetry sink and times it, inside the cycle."""
+
+    def __init__(self, sink: CycleSink) -> None:
+        self.sink = sink
+        self.cpu_s: list[float] = []
+
+    def cycle(self, result: CycleResult) -> None:
         start = time.thread_time()
-        plan = decide(snap, policy, state)
-        state = plan.state
-        decided = time.thread_time()
-        if publisher is not None:
-            publisher.publish(steady or plan)
-        out.decide_cpu.append(decided - start)
-        out.telemetry_cpu.append(time.thread_time() - decided)
-        if telemetry is not None and drain:
-            await _wait(lambda: telemetry.stats.queued == 0)
-        await asyncio.sleep(0.005)  # let the last acknowledgements arrive
-        out.total_cpu.append(time.process_time() - cpu_start)
-    if telemetry is not None:
-        out.sent = telemetry.stats.published - sent_before
-    return out
+        self.sink.cycle(result)
+        self.cpu_s.append(time.thread_time() - start)
+
+
+@dataclass
+class HostFigures:
+    """Per timed cycle (seconds), and what telemetry did."""
+
+    wall_s: list[float] = field(default_factory=list)
+    """run_cycle() wall time: observe over xenstore, decide, apply, sinks."""
+    cpu_s: list[float] = field(default_factory=list)
+    """Process CPU inside run_cycle() (the xenstore server runs in this process too)."""
+    sink_cpu_s: list[float] = field(default_factory=list)
+    """CPU of the telemetry sink inside the cycle."""
+    sending_cpu_s: list[float] = field(default_factory=list)
+    """Process CPU after the cycle until the queue is sent (broker up) or 20 ms."""
+    sent: int = 0
+    dropped: int = 0
+
+
+async def _simulated_host(directory: Path, vms: int) -> tuple[
+    XenstoreServer, PyxsClient, SimulatedHypervisor
+]:
+    server = XenstoreServer(directory)
+    await server.__aenter__()
+    xs = PyxsClient(socket_path=server.privileged_socket)
+    await xs.connect()
+    hv = SimulatedHypervisor(total_kb=vms * 5 * GIB_KB, dom0_kb=4 * GIB_KB)
+    for start in range(0, vms, 100):
+        batch = range(start + 1, min(start + 100, vms) + 1)
+        for domid in batch:
+            await server.introduce(domid)
+        await asyncio.gather(*(
+            lay_out_domain(xs, domid=domid, name=f"vm-{domid:04d}", uuid=_uuid(domid),
+                           static_max_kb=4 * GIB_KB, target_kb=2 * GIB_KB)
+            for domid in batch
+        ))
+        for domid in batch:
+            hv.add_domain(domid=domid, name=f"vm-{domid:04d}", uuid=_uuid(domid),
+                          actual_kb=2 * GIB_KB, max_kb=4 * GIB_KB)
+    return server, xs, hv
+
+
+def _uuid(domid: int) -> str:
+    return f"00000000-0000-4000-8000-{domid:012d}"
+
+
+def _guest_report(domid: int, cycle: int, actual_kb: int) -> Report:
+    """What a guest with ``actual_kb`` reports: 1-1.5 GiB committed, a tenth moving."""
+    phase = cycle if domid % 10 == cycle % 10 else 0
+    committed = GIB_KB + (domid * 7919 + phase * 104_729) % (GIB_KB // 2)
+    available = max(actual_kb - committed, 0)
+    return Report(
+        seq=cycle,
+        uptime_s=1000.0 + 5 * cycle,
+        mem_total_kb=actual_kb,
+        mem_free_kb=available // 2,
+        mem_available_kb=available,
+        cached_kb=available // 2,
+        committed_as_kb=committed,
+        totalreserve_kb=20_000,
+        anon_kb=committed // 2,
+        swap_total_kb=GIB_KB,
+        swap_free_kb=GIB_KB,
+        pswpin=0,
+        pswpout=0,
+        psi_some_avg10=2.0 if phase else 0.0,
+        psi_full_avg10=0.0,
+    )
+
+
+async def _write_reports(xs: PyxsClient, hv: SimulatedHypervisor, vms: int, cycle: int) -> None:
+    """Every guest reports (as agents do each interval); a tenth changed working set."""
+    async def one(domid: int) -> None:
+        report = _guest_report(domid, cycle, hv.actual_kb(domid))
+        await xs.write(f"/local/domain/{domid}/data/ballast/report", encode_report(report))
+
+    for start in range(1, vms + 1, 200):
+        await asyncio.gather(*(one(d) for d in range(start, min(start + 200, vms + 1))))
+
+
+async def controller_cycles(
+    vms: int,
+    cycles: int,
+    *,
+    warmup: int,
+    telemetry_settings: TelemetrySettings | None,
+    drain: bool,
+) -> HostFigures:
+    """The real Controller on the project's xenstore server, one interval per cycle."""
+    figures = HostFigures()
+    directory = Path(tempfile.mkdtemp(prefix="bench-mqtt-", dir="/tmp"))
+    server, xs, hv = await _simulated_host(directory, vms)
+    clock = ManualClock()
+    stack = contextlib.AsyncExitStack()
+    try:
+        telemetry = None
+        timed = None
+        if telemetry_settings is not None:
+            telemetry = await stack.enter_async_context(Telemetry(telemetry_settings))
+            if drain:
+                await _wait_connected(telemetry)
+            timed = TimedSink(TelemetrySink(telemetry))
+        controller = Controller(xs=xs, hypervisor=hv, policy=StaticPolicy(),
+                                sinks=[timed] if timed is not None else [], clock=clock)
+        sent_before = 0
+        for cycle in range(warmup + cycles):
+            await _write_reports(xs, hv, vms, cycle)
+            await asyncio.sleep(0.02)  # the controller's watches see the reports
+            if cycle == warmup and telemetry is not None:
+                sent_before = telemetry.stats.published
+            wall, cpu = time.perf_counter(), time.process_time()
+            result = await controller.run_cycle()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            assert result is not None, "a cycle failed"
+            sending = time.process_time()
+            if telemetry is not None and drain:
+                await _wait(lambda t=telemetry: t.stats.queued == 0)  # type: ignore[misc]
+                await asyncio.sleep(0.005)  # the last acknowledgements
+            else:
+                await asyncio.sleep(0.02)
+            sending = time.process_time() - sending
+            for domid, target_kb in result.applied.targets_written.items():
+                hv.set_target(domid, target_kb)
+            hv.advance(5.0)
+            clock.now_s += 5.0  # one control interval
+            if cycle >= warmup:
+                figures.wall_s.append(wall)
+                figures.cpu_s.append(cpu)
+                figures.sending_cpu_s.append(sending)
+                figures.sink_cpu_s.append(timed.cpu_s[-1] if timed is not None else 0.0)
+        if telemetry is not None:
+            figures.sent = telemetry.stats.published - sent_before
+            figures.dropped = telemetry.stats.dropped
+    finally:
+        await stack.aclose()
+        await xs.close()
+        await server.__aexit__(None, None, None)
+        shutil.rmtree(directory, ignore_errors=True)
+    return figures
+
 
 
 def _free_port() -> int:
@@ -325,59 +451,45 @@ async def main(argv: Sequence[str] | None = None) -> None:
             print(f"{label:44} {qos:>3} {messages / median_s:>10,.0f} {median_s * 1e3:>9.1f} "
                   f"{base_s / median_s:>11.2f}x")
 
-        # 2. cycle time
+        # 2. the real controller cycle
         print()
-        print(f"Controller cycle, {args.vms} VMs: decide() plus telemetry calls, "
-              f"{args.cycles} cycles after 3 warm-up cycles")
-        warm, timed = snaps[:3], snaps[3:]
-        await cycle_times(warm, None, drain=False)
-        rows: list[tuple[str, CycleFigures, int]] = [
-            ("telemetry off", await cycle_times(timed, None, drain=False), 0)
+        print(f"Real controller cycle, {args.vms} VMs on the project's xenstore server and the "
+              f"simulated hypervisor: every guest reports each interval, a tenth change;")
+        print(f"{args.cycles} cycles after 3 warm-up cycles, a fresh host per variant")
+        down = BrokerSettings(host="127.0.0.1", port=_free_port())
+        variants: list[tuple[str, TelemetrySettings | None, bool]] = [
+            ("telemetry off", None, False),
+            ("telemetry on, broker up", _settings(broker, prefix, 1), True),
+            ("telemetry on, broker down",
+             TelemetrySettings(host_name="bench-host", topic_prefix=prefix, broker=down,
+                               queue_size=2000, reconnect_min_s=0.05, reconnect_max_s=0.5,
+                               shutdown_timeout_s=0.5), False),
         ]
-        for label, steady in [
-            ("on, broker up, every VM changed", None),
-            ("on, broker up, steady (status only)", first),
-        ]:
-            async with Telemetry(_settings(broker, prefix, 1)) as telemetry:
-                await _wait_connected(telemetry)
-                publisher = Publisher(telemetry, every_vm_changes=False)
-                await cycle_times(warm, publisher, drain=True, steady=steady)
-                figures = await cycle_times(timed, publisher, drain=True, steady=steady)
-                rows.append((label, figures, telemetry.stats.dropped))
-        down_broker = BrokerSettings(host="127.0.0.1", port=_free_port())
-        down_settings = TelemetrySettings(
-            host_name="bench-host", topic_prefix=prefix, broker=down_broker, queue_size=2000,
-            reconnect_min_s=0.05, reconnect_max_s=0.5, shutdown_timeout_s=0.5,
-        )
-        async with Telemetry(down_settings) as telemetry:
-            publisher = Publisher(telemetry, every_vm_changes=False)
-            await cycle_times(warm, publisher, drain=False)
-            figures = await cycle_times(timed, publisher, drain=False)
-            rows.append(("on, broker down, every VM changed", figures, telemetry.stats.dropped))
-
-        print(f"{'variant':36} {'decide':>7} {'telemetry':>9} {'cycle':>7} {'ratio':>6} "
-              f"{'sending':>8} {'sent/cycle':>10} {'dropped':>8}")
-        for label, fig, dropped in rows:
-            decide_ms = statistics.median(fig.decide_cpu) * 1e3
-            tele_ms = statistics.median(fig.telemetry_cpu) * 1e3
-            in_cycle = [d + t for d, t in zip(fig.decide_cpu, fig.telemetry_cpu, strict=True)]
-            sending = [
-                max(total - inside, 0.0)
-                for total, inside in zip(fig.total_cpu, in_cycle, strict=True)
-            ]
-            cycle_ms = statistics.median(in_cycle) * 1e3
-            # Within the row: other load on the machine moves decide() between
-            # rows more than telemetry costs, so compare with this row's decide.
-            ratio = statistics.median(
-                [(d + t) / d for d, t in zip(fig.decide_cpu, fig.telemetry_cpu, strict=True)]
+        rows = []
+        for label, settings, drain in variants:
+            rows.append((label, await controller_cycles(
+                args.vms, args.cycles, warmup=3, telemetry_settings=settings, drain=drain)))
+        base_wall = statistics.median(rows[0][1].wall_s)
+        base_cpu = statistics.median(rows[0][1].cpu_s)
+        print(f"{'variant':28} {'wall ms':>8} {'ratio':>6} {'cpu ms':>7} {'ratio':>6} "
+              f"{'sink ms':>8} {'sink/cpu':>8} {'sending':>8} {'msgs/cycle':>10} {'dropped':>8}")
+        for label, fig in rows:
+            wall = statistics.median(fig.wall_s)
+            cpu = statistics.median(fig.cpu_s)
+            sink = statistics.median(fig.sink_cpu_s)
+            share = statistics.median(
+                [s / c for s, c in zip(fig.sink_cpu_s, fig.cpu_s, strict=True)]
             )
-            print(f"{label:36} {decide_ms:>7.2f} {tele_ms:>9.2f} {cycle_ms:>7.2f} "
-                  f"{ratio:>5.2f}x {statistics.median(sending) * 1e3:>8.2f} "
-                  f"{fig.sent / len(timed):>10.0f} {dropped:>8}")
-        print("(CPU ms per cycle, medians. decide: the control law; telemetry: building and "
-              "enqueuing the status and every VM state, inside the cycle;")
-        print(" cycle: both; ratio: cycle / decide in the same cycles; sending: the event loop's "
-              "CPU between cycles publishing what was enqueued)")
+            print(f"{label:28} {wall * 1e3:>8.1f} {wall / base_wall:>5.2f}x {cpu * 1e3:>7.1f} "
+                  f"{cpu / base_cpu:>5.2f}x {sink * 1e3:>8.2f} {share:>7.1%} "
+                  f"{statistics.median(fig.sending_cpu_s) * 1e3:>8.2f} "
+                  f"{fig.sent / args.cycles:>10.0f} {fig.dropped:>8}")
+        print("(medians. wall/cpu: run_cycle() — observe over xenstore, decide, apply, sinks; "
+              "ratio: against telemetry off;")
+        print(" sink: the telemetry sink's CPU inside the cycle, and its share of the cycle's CPU "
+              "in the same cycles;")
+        print(" sending: process CPU after the cycle while the queue is sent; msgs/cycle: "
+              "publishes the broker acknowledged)")
     finally:
         await clear(broker, prefix, first)
 
