@@ -88,6 +88,24 @@ class StaticPolicy:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CycleTimings:
+    """Where one cycle's wall time went, seconds (for status, metrics, the benchmark)."""
+
+    observe_s: float = 0.0
+    """Reading xenstore and the hypervisor and building the snapshot."""
+    decide_s: float = 0.0
+    """The control law."""
+    apply_s: float = 0.0
+    """Writing targets, directives and flags."""
+    domains_read: int = 0
+    """Domains whose guest keys were read (dirty or due for resync)."""
+    domains_resynced: int = 0
+    """Domains whose dom0-owned keys were re-read as well."""
+    xenstore_reads: int = 0
+    """READ requests the cycle sent."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CycleResult:
     """Everything one cycle saw and did, handed to the sinks."""
 
@@ -101,6 +119,8 @@ class CycleResult:
     views: Mapping[int, DomainView]
     duration_s: float
     """Wall time the cycle took, seconds."""
+    timings: CycleTimings = field(default_factory=CycleTimings)
+    """The phases of ``duration_s``."""
 
 
 class CycleSink(Protocol):
@@ -150,6 +170,7 @@ class Controller:
         self._pending_events: list[ControllerEvent] = []
         self._problems = LogOnce(log)
         self._sem: asyncio.Semaphore | None = None
+        self._read_counts = (0, 0)
         self.cycles = 0
         self.failed_cycles = 0
 
@@ -168,6 +189,10 @@ class Controller:
     def wake(self) -> None:
         """Run a cycle as soon as the minimum gap allows."""
         self._wake.set()
+
+    def reread_all(self) -> None:
+        """Re-read every domain's keys before the next decision (as after a reconnect)."""
+        self._need_full_read = True
 
     def policy_changed(self) -> None:
         """Reload the policy before the next cycle and run it soon."""
@@ -226,8 +251,11 @@ class Controller:
             self._problems.problem("cycle", f"cycle skipped, nothing written: {exc}")
             return None
         self._problems.recovered("cycle", "observing the fleet again")
+        observed = time.perf_counter()
         plan = decide(snapshot, loaded.policy, self._state)
+        decided = time.perf_counter()
         applied = await apply_plan(self._xs, plan, self._views)
+        applied_at = time.perf_counter()
         self._after_apply(plan, applied)
         events = (*self._pending_events, *events_between(self._plan, plan))
         self._pending_events.clear()
@@ -243,6 +271,14 @@ class Controller:
             policy=loaded,
             views=dict(self._views),
             duration_s=time.perf_counter() - started,
+            timings=CycleTimings(
+                observe_s=observed - started,
+                decide_s=decided - observed,
+                apply_s=applied_at - decided,
+                domains_read=self._read_counts[0],
+                domains_resynced=self._read_counts[1],
+                xenstore_reads=3 * self._read_counts[0] + 7 * self._read_counts[1],
+            ),
         )
         for sink in self._sinks:
             try:
@@ -307,6 +343,7 @@ class Controller:
             to_read = set(self._views) if full else self._resync_slice(now)
             dirty = (self._dirty | to_read) & set(self._views)
             self._dirty.clear()
+            self._read_counts = (len(dirty), len(to_read))
             await self._read(to_read, dirty)
             self._need_full_read = False
             host = await host_task
