@@ -245,6 +245,8 @@ async def test_control_goes_on_while_the_broker_is_away_and_state_is_republished
         controller = host.daemon.controller
         assert telemetry is not None
         await eventually(lambda: telemetry.stats.connected, what="connected")
+        # The VMs are in the history once the first cycle's samples are written.
+        await eventually(lambda: controller.last_plan is not None, what="a cycle")
         assert await asyncio.to_thread(host.daemon.writer.flush, 10)
         private_broker.stop()
         await eventually(lambda: not telemetry.stats.connected, what="disconnected")
