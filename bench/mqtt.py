@@ -410,15 +410,21 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def clear(broker: BrokerSettings, prefix: str, plan: Plan) -> None:
-    """Remove every retained message the benchmark left."""
+async def clear(broker: BrokerSettings, prefix: str) -> None:
+    """Remove every retained message the benchmark left below its own prefix."""
     async with _mqtt.make_client(broker, client_id=f"bench-{secrets.token_hex(4)}",
                                  context=None) as client:
-        for host in ("bench-host", "bench-baseline"):
-            topics = HostTopics(prefix, host)
-            await client.publish(topics.status, b"", qos=1, retain=True)
-            for vm in plan.vms:
-                await client.publish(topics.vm_state(vm.name), b"", qos=1, retain=True)
+        await client.subscribe(f"{prefix}/#", qos=1)
+        topics: set[str] = set()
+        # Retained messages arrive right after the SUBACK; a quiet second ends them.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0) as deadline:
+                async for message in client.messages:
+                    if message.retain and message.payload:
+                        topics.add(message.topic.value)
+                    deadline.reschedule(asyncio.get_running_loop().time() + 1.0)
+        for topic in sorted(topics):
+            await client.publish(topic, b"", qos=1, retain=True)
 
 
 async def main(argv: Sequence[str] | None = None) -> None:
@@ -491,7 +497,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
         print(" sending: process CPU after the cycle while the queue is sent; msgs/cycle: "
               "publishes the broker acknowledged)")
     finally:
-        await clear(broker, prefix, first)
+        await clear(broker, prefix)
 
 
 if __name__ == "__main__":
