@@ -318,6 +318,11 @@ stage_modules "$droot" xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs virt
 cp "/boot/vmlinuz-$kver" "$droot/guest/vmlinuz"
 cp "$work/guest-initrd.gz" "$droot/guest/initrd.gz"
 stage_e2e "$droot"
+# The controller's configuration and its history database, prepared with
+# the real `ballast db upgrade` and `ballast policy set --host` here rather
+# than in dom0, where each Python start-up is slow.
+"$venv_py" "$repo/e2e/dom0_run.py" --provision "$droot" --ballast "$repo/.venv/bin/ballast" \
+    || { log "could not provision the controller"; exit 1; }
 install -m 0755 "$repo/e2e/dom0-init.sh" "$droot/init"
 pack "$droot" "$work/dom0-initrd.gz"
 

@@ -19,10 +19,12 @@ mark dom0-init "clock=$(date +%s)"
 
 xenstored=oxenstored
 deadline=0
+scenario=full
 for arg in $(cat /proc/cmdline); do
     case $arg in
         e2e.xenstored=*) xenstored=${arg#e2e.xenstored=} ;;
         e2e.deadline=*) deadline=${arg#e2e.deadline=} ;;
+        e2e.scenario=*) scenario=${arg#e2e.scenario=} ;;
     esac
 done
 
@@ -50,7 +52,7 @@ xen-init-dom0 >/results/xen-init-dom0.log 2>&1 || echo "E2E-WARN xen-init-dom0 f
 xenconsoled --pid-file /run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
 mark control-plane-up
 
-python3 /e2e/dom0_run.py --xenstored "$xenstored" --results /results --deadline "$deadline"
+python3 /e2e/dom0_run.py --xenstored "$xenstored" --results /results --deadline "$deadline" --scenario "$scenario"
 echo "E2E-RUNNER-EXIT rc=$?"
 
 # Save everything the host wants on the results disk (a raw tar stream).

@@ -165,17 +165,12 @@ def run(argv: list[str], *, timeout_s: float = 60.0) -> subprocess.CompletedProc
         return subprocess.CompletedProcess(argv, 127, "", str(exc))
 
 
-def must(argv: list[str], *, timeout_s: float = 60.0) -> str:
-    done = run(argv, timeout_s=timeout_s)
+def must(argv: list[str], *, timeout_s: float = 180.0) -> str:
+    done = run(argv, timeout_s=min(timeout_s, max(BUDGET.remaining() - RESERVE_S, 10.0)))
     if done.returncode != 0:
         err = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
         raise CheckFailed(f"`{shlex.join(argv)}` exited {done.returncode}: {' | '.join(err)}")
     return done.stdout
-
-
-def missing_commands(commands: list[list[str]]) -> list[str]:
-    """Ballast commands whose ``--help`` does not work (not there yet, or broken)."""
-    return [shlex.join(c) for c in commands if run([*c, "--help"]).returncode != 0]
 
 
 def xl_list() -> dict[str, tuple[int, int]]:
@@ -352,10 +347,6 @@ def create_guests(results: Results, xs: Xs,
 
 # --- the controller ------------------------------------------------------------
 
-CONTROLLER_COMMANDS = [["ballast", "run"], ["ballast", "status"], ["ballast", "policy"],
-                       ["ballast", "history"], ["ballast", "db", "upgrade"]]
-
-
 @dataclass
 class Controller:
     proc: subprocess.Popen[bytes] | None = None
@@ -373,39 +364,69 @@ class Controller:
             return ""
 
 
-def start_controller(results: Results) -> Controller:
-    ctl = Controller(log_path=os.path.join(results.directory, "controller.log"))
-    missing = missing_commands(CONTROLLER_COMMANDS)
-    if missing:
-        ctl.problem = "missing Ballast commands: " + ", ".join(missing)
-        results.note(ctl.problem)
-        return ctl
-    os.makedirs(os.path.dirname(CONFIG_PATH), exist_ok=True)
-    os.makedirs(os.path.dirname(DB_PATH), exist_ok=True)
-    with open(CONFIG_PATH, "w") as f:
+HOST_NAME = "e2e-dom0"
+
+
+def provision(root: str, ballast: str) -> None:
+    """Lay the controller's configuration and a prepared history database into dom0's image.
+
+    Run on the build host (``--provision``): every ``ballast`` command costs
+    many seconds of Python start-up under emulation, so what an operator
+    does once before starting the controller is done here, with the same
+    commands: ``ballast db upgrade`` and the host policy of the run (short
+    pacing, and the kernel law, Committed_AS, as every VM's estimator: the
+    workload reserves memory before it touches it).
+    """
+    config = root + CONFIG_PATH
+    db = root + DB_PATH
+    os.makedirs(os.path.dirname(config), exist_ok=True)
+    os.makedirs(os.path.dirname(db), exist_ok=True)
+    with open(config, "w") as f:
         f.write(
-            "[controller]\n"
-            f'xenstore = "{XENSTORED_SOCKET}"\nhypervisor = "xl"\nxl_path = "xl"\n'
-            f"interval_s = {INTERVAL_S}\nfree_margin_mb = {FREE_MARGIN_MIB}\n"
+            f'[controller]\nhost_name = "{HOST_NAME}"\nxenstore = "{XENSTORED_SOCKET}"\n'
+            f'hypervisor = "xl"\nxl_path = "xl"\ninterval_s = {INTERVAL_S}\n'
+            f"free_margin_mb = {FREE_MARGIN_MIB}\n"
             f'[store]\nurl = "sqlite:///{DB_PATH}"\n'
         )
-    os.chmod(CONFIG_PATH, 0o644)
+    os.chmod(config, 0o644)
+    for argv in (
+        [ballast, "db", "upgrade", "--db", db],
+        [ballast, "policy", "set", "--host", "--db", db, "--host-name", HOST_NAME,
+         "-f", f"interval={INTERVAL_S}s", "-f", f"stale={STALE_S}s", "-f", f"dead={DEAD_S}s",
+         "-f", f"free-margin={FREE_MARGIN_MIB}M", "-f", "estimator=committed"],
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"provisioning failed: `{shlex.join(argv)}`: "
+                             f"{(done.stderr or done.stdout).strip()}")
+
+
+def start_controller(results: Results) -> Controller:
+    """``ballast run`` on the real xenstored, with the configuration laid by :func:`provision`."""
+    ctl = Controller(log_path=os.path.join(results.directory, "controller.log"))
+    log = open(ctl.log_path, "ab")  # noqa: SIM115 - handed to the controller
     try:
-        must(["ballast", "db", "upgrade"], timeout_s=120)
-        must(["ballast", "policy", "host", "--interval", f"{INTERVAL_S}s", "--stale",
-              f"{STALE_S}s", "--dead", f"{DEAD_S}s", "--free-margin", f"{FREE_MARGIN_MIB}M"])
-    except CheckFailed as exc:
-        ctl.problem = f"setup failed: {exc}"
+        ctl.proc = subprocess.Popen(["ballast", "run", "--xenstore", XENSTORED_SOCKET],
+                                    stdout=log, stderr=subprocess.STDOUT)
+    except OSError as exc:
+        ctl.problem = f"cannot start `ballast run`: {exc}"
         results.note(ctl.problem)
         return ctl
-    log = open(ctl.log_path, "ab")  # noqa: SIM115 - handed to the controller
-    ctl.proc = subprocess.Popen(["ballast", "run", "--xenstore", XENSTORED_SOCKET],
-                                stdout=log, stderr=subprocess.STDOUT)
-    time.sleep(3)
+    time.sleep(5)
     if not ctl.alive():
         ctl.problem = f"`ballast run` exited at once: {ctl.tail()}"
         results.note(ctl.problem)
     return ctl
+
+
+def set_policies(commands: list[list[str]]) -> None:
+    """Run policy commands side by side (each starts Python, slow under TCG); retry failures."""
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for c in commands]
+    for command, proc in zip(commands, procs, strict=True):
+        proc.communicate(timeout=max(BUDGET.remaining() - RESERVE_S, 10))
+        if proc.returncode != 0:
+            must(command)
 
 
 def status_json() -> Any:
@@ -463,18 +484,18 @@ class Scenario:
     # 1
     def discovery(self) -> str:
         self.require_controller()
+        # xl wrote each boot target (memory = 256 MiB); Ballast writes its own.
+        booted = {name: GUESTS[name][0] * KIB_PER_MIB for name in self.domids}
+        wait_for("Ballast to write every guest's memory/target",
+                 lambda: all(t is not None and t != booted[g]
+                             for g, t in self.targets().items()), timeout_s=90)
         seen: dict[str, str] = {}
-
-        def all_listed() -> bool:
-            status = status_json()
-            for name, domid in self.domids.items():
-                entry = find_vm(status, name, domid)
-                if entry is not None:
-                    seen[name] = vm_state(entry)
-            return len(seen) == len(self.domids)
-
-        wait_for(f"`ballast status --json` to list {sorted(self.domids)}", all_listed,
-                 timeout_s=60, every_s=2)
+        status = status_json()
+        for name, domid in self.domids.items():
+            entry = find_vm(status, name, domid)
+            if entry is None:
+                raise CheckFailed(f"`ballast status --json` does not list {name}: {status}"[:600])
+            seen[name] = vm_state(entry)
         figures = []
         for name, domid in self.domids.items():
             report = self.xs.report(domid)
@@ -553,8 +574,7 @@ class Scenario:
         wait_for("xl list to show g2 within the cap",
                  lambda: self.guest_mib(g) <= cap_mib + 1, timeout_s=60)
         mib = self.guest_mib(g)
-        must(["ballast", "policy", "unset", g, "max"])
-        self.xs.ctl(domid, alloc_mib=0)
+        self.xs.ctl(domid, alloc_mib=0)  # the cap is lifted by check 4's policy
         return f"capped at {cap_mib} MiB while asking for more: targets {observed}, xl {mib} MiB"
 
     # 4
@@ -562,41 +582,44 @@ class Scenario:
         self.require_controller()
         mins = {"g1": 200, "g2": 200, "g3": 200}
         weights = {"g1": 100, "g2": 400, "g3": 100}
-        for g in self.domids:
-            must(["ballast", "policy", "set", g, "--min", f"{mins[g]}M",
-                  "--weight", str(weights[g])])
+        ceiling = {g: top for g, (_, top) in GUESTS.items()}  # lifts check 3's cap
+        set_policies([["ballast", "policy", "set", g, "--min", f"{mins[g]}M",
+                       "--weight", str(weights[g]), "--max", f"{ceiling[g]}M"]
+                      for g in self.domids])
         for domid in self.domids.values():
             self.xs.ctl(domid, alloc_mib=544)
-        time.sleep(8 * INTERVAL_S)
-        stable = None
-        for _ in range(10):
-            first = self.targets()
-            time.sleep(2 * INTERVAL_S)
-            second = self.targets()
-            if first == second:
-                stable = second
-                break
-        if stable is None:
-            raise CheckFailed(f"targets never settled: {self.targets()}")
-        info = xl_info()
-        free_mib = int(info.get("free_memory", "0"))
-        problems = [f"{g} target {t} kB below its minimum {mins[g]} MiB"
-                    for g, t in stable.items() if t is None or t < mins[g] * KIB_PER_MIB]
-        wanted = {g: (self.xs.report(d) or {}).get("committed_as_kb") for g, d in
-                  self.domids.items()}
-        above = {g: (t or 0) - mins[g] * KIB_PER_MIB for g, t in stable.items()}
-        if above["g2"] <= max(above["g1"], above["g3"]):
-            problems.append(f"weight 400 did not get more above its minimum than weight 100: "
-                            f"{above}")
-        if free_mib > FREE_MARGIN_MIB + 64:
-            problems.append(f"host not short: {free_mib} MiB still free in Xen")
-        if problems:
-            raise CheckFailed("; ".join(problems) + f" (targets {stable}, wanted {wanted})")
-        for domid in self.domids.values():
-            self.xs.ctl(domid, alloc_mib=0)
-        for g in self.domids:
-            run(["ballast", "policy", "unset", g, "min", "weight"])
-        return (f"targets {stable} kB with minimums {mins} MiB and weights {weights}; "
+        problems: list[str] = []
+        sample: dict[str, int | None] = {}
+        free_mib = -1
+
+        def shared_by_weight() -> bool:
+            nonlocal sample, free_mib
+            sample = self.targets()
+            free_mib = int(xl_info().get("free_memory", "-1"))
+            problems.clear()
+            problems.extend(f"{g} target {t} kB below its minimum {mins[g]} MiB"
+                            for g, t in sample.items()
+                            if t is None or t < mins[g] * KIB_PER_MIB)
+            above = {g: (t or 0) - mins[g] * KIB_PER_MIB for g, t in sample.items()}
+            if above["g2"] <= max(above["g1"], above["g3"]):
+                problems.append("weight 400 has no more above its minimum than weight 100: "
+                                f"{above} kB")
+            # Short host: what Xen has left is about the margin Ballast keeps.
+            if free_mib > FREE_MARGIN_MIB + 96:
+                problems.append(f"host not short: {free_mib} MiB still free in Xen")
+            return not problems
+
+        try:
+            wait_for("arbitration", shared_by_weight, timeout_s=60, every_s=INTERVAL_S)
+        except CheckFailed:
+            wanted = {g: (self.xs.report(d) or {}).get("committed_as_kb")
+                      for g, d in self.domids.items()}
+            raise CheckFailed("; ".join(problems) + f" (targets {sample} kB, Committed_AS "
+                              f"{wanted} kB, Xen free {free_mib} MiB)") from None
+        finally:
+            for domid in self.domids.values():
+                self.xs.ctl(domid, alloc_mib=0)
+        return (f"targets {sample} kB with minimums {mins} MiB and weights {weights}; "
                 f"Xen free {free_mib} MiB")
 
     # 6
@@ -604,15 +627,16 @@ class Scenario:
         self.require_controller()
         g3, d3 = "g3", self.domids["g3"]
         self.xs.ctl(d3, agent=False)
-        held = self.targets()[g3]
-        time.sleep(STALE_S + 2 * INTERVAL_S)
 
         def stale() -> str | None:
             entry = find_vm(status_json(), g3, d3)
             state = vm_state(entry) if entry else ""
             return state if state in ("stale", "dead") else None
 
-        state = wait_for("g3 to be shown stale", stale, timeout_s=20, every_s=2)
+        time.sleep(STALE_S + INTERVAL_S)
+        state = wait_for("g3 to be shown stale", stale, timeout_s=30, every_s=2)
+        held = self.targets()[g3]
+        time.sleep(3 * INTERVAL_S)
         if self.targets()[g3] != held:
             raise CheckFailed(f"stale g3's target moved from {held} to {self.targets()[g3]} "
                               "before the dead timeout")
@@ -638,7 +662,8 @@ class Scenario:
         missing = [g for g in self.domids if g not in table]
         if missing:
             raise CheckFailed(f"`ballast status` does not show {missing}")
-        raw = must(["ballast", "history", "g1", "--json"])
+        raw = must(["ballast", "history", "g1", "--since", "30m", "--resolution", "raw",
+                     "--figure", "target", "--json"])
         try:
             rows = json.loads(raw)
         except ValueError as exc:
@@ -670,11 +695,21 @@ def _numbers_named(data: Any, stem: str) -> list[float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="The e2e scenario inside dom0.")
-    parser.add_argument("--results", required=True)
+    parser.add_argument("--provision", metavar="ROOT",
+                        help="on the build host: prepare dom0's image tree ROOT and exit")
+    parser.add_argument("--ballast", default="ballast", help="with --provision: the command")
+    parser.add_argument("--results")
     parser.add_argument("--xenstored", default="oxenstored")
+    parser.add_argument("--scenario", choices=("full", "conformance", "workload"),
+                        default="full", help="all of it, or only the probes or only checks 1-6")
     parser.add_argument("--deadline", type=float, default=0.0,
                         help="Unix time by which the results must be saved (0: no limit)")
     args = parser.parse_args()
+    if args.provision:
+        provision(args.provision, args.ballast)
+        return 0
+    if not args.results:
+        parser.error("--results is required")
     if args.deadline > 0:
         BUDGET.deadline = args.deadline
         if not 0 < BUDGET.remaining() < 3600:
@@ -686,10 +721,15 @@ def main() -> int:
         ["xl", "info"]).stdout.split("xen_commandline")[0])[-160:])
 
     creating: dict[str, subprocess.Popen[str]] = {}
-    with phase("conformance"):
-        # The workload guests are created as soon as the conformance guest's
-        # introduction was seen, so they boot while the probes run.
-        conformance(results, lambda: creating.update(start_guests()))
+    if args.scenario in ("full", "conformance"):
+        with phase("conformance"):
+            # The workload guests are created as soon as the conformance
+            # guest's introduction was seen, so they boot while the probes run.
+            start = (lambda: creating.update(start_guests())) if args.scenario == "full" \
+                else (lambda: None)
+            conformance(results, start)
+    if args.scenario == "conformance":
+        return 0
     xs = Xs()
     with phase("guests"):
         domids = create_guests(results, xs, creating)

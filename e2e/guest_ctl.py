@@ -33,7 +33,7 @@ CHUNK_MIB = 32
 TOUCH_MARGIN_MIB = 40
 # At most this much is touched per loop, so the loop keeps answering dom0.
 TOUCH_STEP_MIB = 16
-POLL_S = 0.5
+POLL_S = 2.0
 PAGE = mmap.PAGESIZE
 BALLOON = "/sys/devices/system/xen_memory/xen_memory0"
 GARBAGE = [
