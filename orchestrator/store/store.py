@@ -156,7 +156,10 @@ class StoreConfig:
     rollup_grace_s: float = 120.0
     """A bucket is rolled up once it closed this long ago (late writes)."""
     rollup_chunk_s: float = 3600.0
-    """Span of buckets rolled up per transaction when catching up."""
+    """Span of buckets rolled up per step when catching up."""
+    rollup_rows_per_tx: int = 50_000
+    """About how many raw samples one rollup transaction reads: a chunk of a
+    large fleet is split by VMs so the write lock is never held for long."""
     busy_timeout_s: float = 5.0
     """How long a statement waits for a lock another connection holds."""
 
@@ -171,6 +174,8 @@ class StoreConfig:
             raise UsageError("rollup_grace_s must be between 0 and 3600")
         if not 60 <= self.rollup_chunk_s <= 86400:
             raise UsageError("rollup_chunk_s must be between 60 and 86400")
+        if not 100 <= self.rollup_rows_per_tx <= 10_000_000:
+            raise UsageError("rollup_rows_per_tx must be between 100 and 10,000,000")
         if not 0.001 <= self.busy_timeout_s <= 600:
             raise UsageError("busy_timeout_s must be between 0.001 and 600")
 
@@ -664,8 +669,32 @@ class Store:
                 # No samples between the mark and `nxt`: start the chunk there.
                 mark = max(mark, rollup.bucket_start(nxt, res))
                 chunk_end = min(end_ms, mark + chunk_ms)
-                written += rollup.recompute(conn, res, mark, chunk_end)
-                rollup.set_mark(conn, res, chunk_end)
+                ids = [int(i) for i in conn.execute(select(domains.c.id)).scalars()]
+                group = self._domains_per_rollup_tx(chunk_end - mark)
+                if len(ids) <= group:
+                    written += rollup.recompute(conn, res, mark, chunk_end)
+                    rollup.set_mark(conn, res, chunk_end)
+                    continue
+            # A large fleet: one transaction per group of VMs, so no transaction
+            # holds the write lock for long, then the mark. A crash in between
+            # only means the chunk is recomputed (delete + insert) next time.
+            for i in range(0, len(ids), group):
+                with self._write() as conn:
+                    written += rollup.recompute(conn, res, mark, chunk_end, ids[i : i + group])
+            with self._write() as conn:
+                done_through = mark  # the mark exists: created by the first step
+
+                def known(value: int = done_through) -> int:
+                    return value
+
+                if rollup.lock_mark(conn, res, known) < chunk_end:
+                    rollup.set_mark(conn, res, chunk_end)
+
+    def _domains_per_rollup_tx(self, span_ms: int) -> int:
+        """How many VMs' raw samples of a `span_ms` chunk make one rollup
+        transaction of about `rollup_rows_per_tx` samples."""
+        per_domain = max(1.0, span_ms / 1000 / self.config.sample_interval_s)
+        return max(1, int(self.config.rollup_rows_per_tx / per_domain))
 
     def _prune(self, now_ms: int, marks: Mapping[Resolution, int]) -> dict[str, int]:
         keep = self.config.retention

@@ -3,13 +3,19 @@ on the real PostgreSQL server, each PostgreSQL test in a schema of its own."""
 
 from __future__ import annotations
 
+import argparse
+import io
+import shutil
+import sqlite3
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
 from sqlalchemy import create_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
@@ -70,9 +76,44 @@ def clock() -> FakeClock:
     return FakeClock(T0.timestamp())
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once per session, copied by `migrated_url`."""
+    path = tmp_path_factory.mktemp("template") / "ballast.db"
+    migrate.upgrade(resolve_db_url(str(path)))
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_upgrade_sql(postgres_url: str) -> str:
+    """The migrations as the SQL script Alembic renders offline, so a fresh
+    schema is migrated in one round trip (the migration tests themselves run
+    Alembic online)."""
+    cfg = migrate.alembic_config()
+    out = io.StringIO()
+    cfg.output_buffer = out
+    cfg.cmd_opts = argparse.Namespace(x=[f"db={postgres_url}"])
+    command.upgrade(cfg, "head", sql=True)
+    return "\n".join(
+        line for line in out.getvalue().splitlines() if line.strip() not in ("BEGIN;", "COMMIT;")
+    )
+
+
 @pytest.fixture
-def migrated_url(db_url: URL) -> URL:
-    migrate.upgrade(db_url)
+def migrated_url(request: pytest.FixtureRequest, db_url: URL) -> URL:
+    """`db_url`, at the newest schema."""
+    if db_url.get_backend_name() == "sqlite":
+        assert db_url.database is not None
+        shutil.copy(request.getfixturevalue("sqlite_template"), db_url.database)
+        return db_url
+    engine = create_engine(db_url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(request.getfixturevalue("postgres_upgrade_sql"))
+    finally:
+        engine.dispose()
     return db_url
 
 

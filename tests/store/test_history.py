@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy.engine import URL
 
 from orchestrator.errors import UsageError
 from orchestrator.store import (
@@ -24,8 +25,10 @@ from orchestrator.store import (
     Resolution,
     Sample,
     Store,
+    StoreConfig,
     UnknownDomain,
     VmState,
+    open_store,
 )
 from tests.store.conftest import T0, FakeClock, every, sample, vm
 
@@ -197,6 +200,24 @@ def test_rollups_are_incremental_and_catch_up(store: Store, clock: FakeClock) ->
     assert later.rolled_up[Resolution.HOUR] == 3
     counts = store.row_counts()
     assert counts["rollups_60s"] == 180 and counts["rollups_3600s"] == 3
+
+
+def test_large_fleet_rollups_are_split_by_vm(migrated_url: URL, clock: FakeClock) -> None:
+    # 100 raw samples per transaction: each VM's hour (720 samples) alone.
+    config = StoreConfig(host="h1", rollup_rows_per_tx=100)
+    with open_store(migrated_url, config=config, clock=clock) as store:
+        vms = [vm(i) for i in range(5)]
+        written = {
+            d.uuid: [sample(d, t, demand_kb=k * i) for k, t in enumerate(every(T0, 5, 1440))]
+            for i, d in enumerate(vms)
+        }
+        clock.set(T0)
+        store.write([s for group in written.values() for s in group])
+        clock.set(T0 + timedelta(hours=3))
+        report = store.maintain()
+        assert report.rolled_up == {Resolution.MINUTE: 5 * 120, Resolution.HOUR: 5 * 2}
+        for d in vms:
+            _check_against_reference(store, d, written[d.uuid])
 
 
 def test_late_sample_recomputes_its_bucket(store: Store, clock: FakeClock) -> None:

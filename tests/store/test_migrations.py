@@ -28,8 +28,9 @@ def _tables(url: URL) -> set[str]:
         engine.dispose()
 
 
-def test_models_and_migrations_agree(migrated_url: URL) -> None:
-    engine = make_oneshot_engine(migrated_url)
+def test_models_and_migrations_agree(db_url: URL) -> None:
+    migrate.upgrade(db_url)
+    engine = make_oneshot_engine(db_url)
     try:
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), metadata)
