@@ -363,6 +363,64 @@ def section_ingest(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     return out
 
 
+# ---- 1b. steady-state write volume ------------------------------------------------
+
+
+def bytes_written() -> int:
+    """Bytes this process passed to write(2) so far (SQLite's WAL and checkpoints)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise RuntimeError("no wchar in /proc/self/io")
+
+
+def section_write_volume(args: argparse.Namespace, workdir: Path) -> None:
+    """Bytes written to disk per sample when the controller records one
+    cycle per batch (the writer's default 0.2 s linger) against batching
+    several cycles (a longer `linger_s`): every batch rewrites the newest
+    b-tree page of every VM, whatever its size."""
+    fleet = make_fleet(args.vms)
+    now = datetime.now(UTC).replace(microsecond=0)
+    warm_cycles, cycles = 720, 360  # 1 h of history first, then 30 min measured
+    rng = random.Random(13)
+    print(
+        f"\n== 1b. steady-state disk writes, SQLite: {args.vms:,} VMs, "
+        f"{cycles * INTERVAL_S // 60} min of 5 s cycles after 1 h of history =="
+    )
+    print(f"{'cycles per batch':<34}{'bytes/sample':>14}{'MiB per hour':>14}{'GiB per day':>13}")
+    for per_batch, label in ((1, "1 (default linger)"), (6, "6 (linger 30 s)"), (60, "60 (5 min)")):
+        with fresh_db("sqlite", workdir, args.pg, "volume") as url:
+            clock = VirtualClock(now - timedelta(hours=2))
+            with open_store(url, config=StoreConfig(host="bench"), clock=clock) as store:
+                t = now - timedelta(hours=2)
+                for start in range(0, warm_cycles, 60):
+                    batch = []
+                    for _ in range(start, start + 60):
+                        batch += cycle_samples(fleet, t, rng)
+                        t += timedelta(seconds=INTERVAL_S)
+                    clock.t = t.timestamp()
+                    store.write(batch)
+                with store.engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                before = bytes_written()
+                for start in range(0, cycles, per_batch):
+                    batch = []
+                    for _ in range(start, min(cycles, start + per_batch)):
+                        batch += cycle_samples(fleet, t, rng)
+                        t += timedelta(seconds=INTERVAL_S)
+                    clock.t = t.timestamp()
+                    store.write(batch)
+                with store.engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                written = bytes_written() - before
+        per_sample = written / (cycles * args.vms)
+        per_hour = written * 3600 / (cycles * INTERVAL_S)
+        print(
+            f"{label:<34}{per_sample:>14,.0f}{per_hour / 2**20:>14,.0f}"
+            f"{per_hour * 24 / 2**30:>13,.1f}"
+        )
+
+
 # ---- 2. the synthetic history ---------------------------------------------------
 
 
@@ -375,11 +433,13 @@ def build_history(path: Path, vms: int, days: int) -> tuple[Store, VirtualClock,
     url = resolve_db_url(str(path))
     migrate.upgrade(url)
     store = open_store(url, config=StoreConfig(host="bench"), clock=clock)
+    # Large batches: the bench feeds as fast as it can, and each batch rewrites
+    # the newest page of every VM whatever its size.
     config = WriterConfig(
-        max_queued_samples=400_000,
-        batch_max_samples=20_000,
+        max_queued_samples=600_000,
+        batch_max_samples=100_000,
         linger_s=0.05,
-        maintenance_interval_s=2.0,
+        maintenance_interval_s=5.0,
     )
     rng = random.Random(7)
     timings: dict[str, float] = {}
@@ -397,7 +457,7 @@ def build_history(path: Path, vms: int, days: int) -> tuple[Store, VirtualClock,
                 writer.record_samples(batch)
                 queued += len(batch)
                 counts[phase] += len(batch)
-                if queued >= 200_000:  # back-pressure: never let the queue drop
+                if queued >= 400_000:  # back-pressure: never let the queue drop
                     writer.flush(timeout_s=3600)
                     queued = 0
                 if time.perf_counter() - last_print > 30:
@@ -546,6 +606,11 @@ def main() -> None:
     parser.add_argument("--ingest-samples", type=int, default=300_000)
     parser.add_argument("--baseline-samples", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument(
+        "--only",
+        choices=("ingest", "volume", "history"),
+        help="run one section (history = build, queries and size)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.vms, args.days = 100, 3
@@ -555,7 +620,13 @@ def main() -> None:
         f"bench/store.py: {args.vms:,} VMs x {args.days} days, Python {sys.version.split()[0]}, "
         f"{os.cpu_count()} CPUs, load average {load_average()}, database directory {args.dir}"
     )
-    ingest = section_ingest(args, args.dir)
+    ingest: dict[str, float] = {}
+    if args.only in (None, "ingest"):
+        ingest = section_ingest(args, args.dir)
+    if args.only in (None, "volume"):
+        section_write_volume(args, args.dir)
+    if args.only not in (None, "history"):
+        return
 
     path = args.dir / "history.db"
     for suffix in ("", "-wal", "-shm"):
