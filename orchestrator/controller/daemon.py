@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,8 +87,13 @@ async def open_daemon(
     hypervisor: Hypervisor | None = None,
     loop_settings: LoopSettings | None = None,
     sinks: Sequence[CycleSink] = (),
+    clock: Callable[[], float] | None = None,
+    wall_clock: Callable[[], datetime] | None = None,
 ) -> AsyncIterator[Daemon]:
-    """Open store, writer and xenstore; yield the wired controller; close in order."""
+    """Open store, writer and xenstore; yield the wired controller; close in order.
+
+    ``clock`` and ``wall_clock`` replace the controller's monotonic and
+    wall clocks (``ballast sim`` runs it in virtual time)."""
     store = await asyncio.to_thread(
         open_store, store_url(config), config=StoreConfig(host=config.controller.host_name)
     )
@@ -107,6 +112,8 @@ async def open_daemon(
             policy=StorePolicySource(store, base_host_policy(config)),
             sinks=all_sinks,
             settings=loop_settings,
+            clock=clock,
+            wall_clock=wall_clock,
         )
         daemon = Daemon(controller=controller, store=store, writer=writer, xs=xs,
                         sinks=all_sinks)
@@ -133,7 +140,8 @@ async def open_daemon(
     finally:
         with contextlib.suppress(Exception):
             writer.record_event(
-                Event(kind=EventKind.CONTROLLER_STOPPED, time=datetime.now(UTC),
+                Event(kind=EventKind.CONTROLLER_STOPPED,
+                      time=wall_clock() if wall_clock is not None else datetime.now(UTC),
                       details={"pid": os.getpid()})
             )
         await xs.close()
