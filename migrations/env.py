@@ -14,7 +14,7 @@ import logging.config
 from alembic import context
 from sqlalchemy import Connection
 
-from orchestrator.store.engine import make_oneshot_engine, resolve_db_url
+from orchestrator.store.engine import make_oneshot_engine, resolve_db_url, write_transaction
 from orchestrator.store.schema import metadata
 
 config = context.config
@@ -41,7 +41,7 @@ def _run_online() -> None:
     url = resolve_db_url(context.get_x_argument(as_dictionary=True).get("db"))
     engine = make_oneshot_engine(url, create=True)
     try:
-        with engine.connect() as connection:
+        with write_transaction(engine, migrating=True) as connection:
             _configure(connection)
             with context.begin_transaction():
                 context.run_migrations()

@@ -225,9 +225,22 @@ def make_oneshot_engine(url: URL, *, create: bool = False) -> Engine:
 
 
 @contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction that takes the write lock at once (BEGIN IMMEDIATE on SQLite)."""
+def write_transaction(engine: Engine, *, migrating: bool = False) -> Iterator[Connection]:
+    """A transaction that takes the write lock at once (BEGIN IMMEDIATE on SQLite).
+
+    `migrating`: on SQLite, foreign keys are not enforced while the schema is
+    rebuilt (a batch migration drops and recreates referenced tables, as
+    SQLite's ALTER TABLE procedure prescribes) and checked before commit.
+    """
     with engine.connect() as conn:
+        sqlite = engine.dialect.name == "sqlite"
+        if migrating and sqlite:
+            # Must precede BEGIN: the pragma is a no-op inside a transaction.
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # type: ignore[union-attr]
         conn.execution_options(**{_WRITE_OPTION: True})
         with conn.begin():
             yield conn
+            if migrating and sqlite:
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
+                if broken is not None:
+                    raise SchemaMismatch(f"migration left a dangling reference: {tuple(broken)}")

@@ -118,7 +118,7 @@ def check_schema(conn: Connection, url: URL) -> SchemaStatus:
 def _migration_connection(url: URL, *, create: bool) -> Iterator[Connection]:
     engine = make_oneshot_engine(url, create=create)
     try:
-        with write_transaction(engine) as conn:
+        with write_transaction(engine, migrating=True) as conn:
             yield conn
     except OperationalError as exc:
         raise StoreUnavailable(f"database {display_url(url)}: {one_line(exc.orig)}") from exc

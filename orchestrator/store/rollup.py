@@ -9,14 +9,14 @@ rows commit together) and catches up after downtime. A sample that arrives
 after its bucket was rolled up makes the store recompute that bucket.
 
 Raw samples are pruned only behind both marks, so no sample is deleted before
-it is rolled up, whatever the retention settings.
+it is rolled up, whatever the retention settings. A 10-second slot never
+straddles a minute, so a range of buckets is a range of slots.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -25,6 +25,7 @@ from sqlalchemy import (
     Connection,
     Delete,
     Insert,
+    Integer,
     Select,
     SmallInteger,
     and_,
@@ -41,7 +42,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator.store.records import ALL_FIGURES, Resolution
-from orchestrator.store.schema import domains, rollup_marks, rollups, samples
+from orchestrator.store.schema import SLOT_MS, rollup_marks, rollups, samples
 
 ROLLUP_RESOLUTIONS: tuple[Resolution, ...] = (Resolution.MINUTE, Resolution.HOUR)
 AGGREGATES = ("min", "max", "mean", "last")
@@ -58,24 +59,46 @@ def bucket_start(t_ms: int, res: Resolution) -> int:
     return t_ms - t_ms % step
 
 
+# Longest list of slots one statement names (SQLite allows 32,766 parameters).
+MAX_SLOTS_PER_QUERY = 2000
+
+
+def spans(start_ms: int, end_ms: int, res: Resolution) -> Iterator[tuple[int, int]]:
+    """[start_ms, end_ms) cut at bucket boundaries into pieces of at most
+    `MAX_SLOTS_PER_QUERY` slots (`start_ms` is a bucket start)."""
+    step = res.value * 1000
+    width = max(step, MAX_SLOTS_PER_QUERY * SLOT_MS // step * step)
+    while start_ms < end_ms:
+        yield start_ms, min(end_ms, start_ms + width)
+        start_ms += width
+
+
+def slots_between(start_ms: int, end_ms: int) -> list[int]:
+    """The raw-sample slots that hold times in [start_ms, end_ms)."""
+    if end_ms <= start_ms:
+        return []
+    return list(range(start_ms // SLOT_MS, (end_ms - 1) // SLOT_MS + 1))
+
+
 def aggregate_select(res: Resolution, *, by_domain: bool) -> Select[Any]:
     """Rollup rows of the raw samples with `start_ms <= t_ms < end_ms`, in the
-    rollups' column order (bind `start_ms`, `end_ms`, and with `by_domain` the
-    list `domain_ids`). Built once per shape and cached: building and
-    compiling the statement costs more than running it on a small range.
+    rollups' column order; bind them with `aggregate_params`. Built once per
+    shape and cached: building and compiling the statement costs more than
+    running it on a small range.
 
-    Either way each domain's samples are one primary-key range, never a scan
-    of the table.
+    For all VMs the samples are read as one range of slots (consecutive
+    pages); `by_domain`, as one primary-key seek per slot and VM.
     """
     return _aggregate_select(res, by_domain)
 
 
 @functools.cache
 def _aggregate_select(res: Resolution, by_domain: bool) -> Select[Any]:
-    # The step is inlined (not a bound parameter) so the GROUP BY expression is
+    # Steps are inlined (not bound parameters) so the GROUP BY expression is
     # textually the selected one, as PostgreSQL requires; `//` on integers is
     # integer division on both engines.
     step = literal_column(str(res.value * 1000), BigInteger)
+    slot_ms = literal_column(str(SLOT_MS), BigInteger)
     s = samples
     bucket_expr = (s.c.t_ms // step) * step
     bucket = bucket_expr.label("t_ms")
@@ -101,12 +124,16 @@ def _aggregate_select(res: Resolution, by_domain: bool) -> Select[Any]:
         func.max(s.c.t_ms).label("last_t"),
         *aggs,
     )
-    # Naming the domains (a list, or all of them by subquery) makes the plan
-    # one primary-key range per VM; a plain time range would scan the table.
     if by_domain:
-        chosen = s.c.domain_id.in_(bindparam("domain_ids", expanding=True))
+        chosen = and_(
+            s.c.slot.in_(bindparam("slots", expanding=True)),
+            s.c.domain_id.in_(bindparam("domain_ids", expanding=True)),
+        )
     else:
-        chosen = s.c.domain_id.in_(select(domains.c.id))
+        chosen = and_(
+            s.c.slot >= bindparam("start_slot", type_=Integer),
+            s.c.slot <= bindparam("end_slot", type_=Integer),
+        )
     grouped = grouped.where(chosen, in_range)
     g = grouped.group_by(s.c.domain_id, bucket_expr).subquery("g")
     last = samples.alias("last_sample")
@@ -124,7 +151,14 @@ def _aggregate_select(res: Resolution, by_domain: bool) -> Select[Any]:
             last.c[fig.column].label(f"{fig.column}_last"),
         ]
     return select(*columns).select_from(
-        g.join(last, and_(last.c.domain_id == g.c.domain_id, last.c.t_ms == g.c.last_t))
+        g.join(
+            last,
+            and_(
+                last.c.slot == g.c.last_t // slot_ms,
+                last.c.domain_id == g.c.domain_id,
+                last.c.t_ms == g.c.last_t,
+            ),
+        )
     )
 
 
@@ -137,10 +171,6 @@ def _recompute_statements(res: Resolution, by_domain: bool) -> tuple[Delete, Ins
     )
     if by_domain:
         cond = and_(cond, rollups.c.domain_id.in_(bindparam("domain_ids", expanding=True)))
-    else:
-        # Name the domains, so the delete is one primary-key range per VM
-        # instead of a scan of every rollup of this resolution.
-        cond = and_(cond, rollups.c.domain_id.in_(select(domains.c.id)))
     names = ["res_s", "domain_id", "t_ms", "n", *ROLLUP_FIGURE_COLUMNS]
     return (
         delete(rollups).where(cond),
@@ -155,6 +185,10 @@ def aggregate_params(
     params: dict[str, Any] = {"start_ms": start_ms, "end_ms": end_ms}
     if domain_ids is not None:
         params["domain_ids"] = list(domain_ids)
+        params["slots"] = slots_between(start_ms, end_ms)
+    else:
+        params["start_slot"] = start_ms // SLOT_MS
+        params["end_slot"] = (end_ms - 1) // SLOT_MS
     return params
 
 
@@ -167,10 +201,18 @@ def recompute(
 ) -> int:
     """Replace the rollup rows of [start_ms, end_ms) (optionally of some domains)."""
     remove, add = _recompute_statements(res, domain_ids is not None)
-    params = aggregate_params(start_ms, end_ms, domain_ids)
-    conn.execute(remove, params)
-    result = conn.execute(add, params, execution_options={"preserve_rowcount": True})
-    return max(result.rowcount, 0)
+    conn.execute(remove, aggregate_params(start_ms, end_ms, domain_ids))
+    # By VM, the statement names every slot: cut long ranges into pieces.
+    pieces = [(start_ms, end_ms)] if domain_ids is None else spans(start_ms, end_ms, res)
+    written = 0
+    for lo, hi in pieces:
+        result = conn.execute(
+            add,
+            aggregate_params(lo, hi, domain_ids),
+            execution_options={"preserve_rowcount": True},
+        )
+        written += max(result.rowcount, 0)
+    return written
 
 
 def read_marks(conn: Connection) -> dict[Resolution, int]:
@@ -180,14 +222,13 @@ def read_marks(conn: Connection) -> dict[Resolution, int]:
 
 
 def earliest_sample_ms(conn: Connection, *, at_or_after: int | None = None) -> int | None:
-    """Time of the oldest raw sample (at or after `at_or_after`), found by one
-    primary-key seek per domain rather than a scan of the table."""
-    s = samples
-    cond = s.c.domain_id == domains.c.id
+    """The time of a sample in the earliest slot holding samples (at or after
+    `at_or_after`), or None: the first row in primary-key order. Precise to a
+    slot, which is all rollups need (a slot never straddles a minute)."""
+    query = select(samples.c.t_ms)
     if at_or_after is not None:
-        cond = and_(cond, s.c.t_ms >= at_or_after)
-    per_domain = select(func.min(s.c.t_ms)).where(cond).scalar_subquery()
-    value = conn.execute(select(func.min(per_domain)).select_from(domains)).scalar()
+        query = query.where(samples.c.slot >= at_or_after // SLOT_MS, samples.c.t_ms >= at_or_after)
+    value = conn.execute(query.order_by(samples.c.slot).limit(1)).scalar()
     return None if value is None else int(value)
 
 
@@ -212,14 +253,3 @@ def set_mark(conn: Connection, res: Resolution, through_ms: int) -> None:
     conn.execute(
         update(rollup_marks).where(rollup_marks.c.res_s == res.value).values(through_ms=through_ms)
     )
-
-
-@dataclass(frozen=True, slots=True)
-class PruneCutoffs:
-    """Everything older than these (ms) is deleted."""
-
-    raw_ms: int
-    minute_ms: int
-    hour_ms: int
-    decisions_ms: int
-    events_ms: int

@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
     Connection,
     Engine,
     Select,
@@ -39,7 +41,10 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal_column,
+    or_,
     select,
+    update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -80,6 +85,7 @@ from orchestrator.store.records import (
     check_document,
 )
 from orchestrator.store.schema import (
+    SLOT_MS,
     audit,
     decisions,
     domains,
@@ -99,8 +105,10 @@ DAY_S = 86400.0
 MAX_RETENTION_S = 10 * 366 * DAY_S
 # The domains row's last_seen is refreshed at most this often per VM.
 LAST_SEEN_REFRESH_MS = 300_000
-# Prune this many domains per transaction, so other writers get the lock between.
-PRUNE_DOMAINS_PER_TX = 200
+# Retention deletes at most this many slots (1 h) or buckets per transaction,
+# so other writers get the lock in between.
+PRUNE_SLOTS_PER_TX = 360
+PRUNE_BUCKETS_PER_TX = 60
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -224,19 +232,41 @@ class _CachedDomain:
 
 _SAMPLE_COLUMNS = tuple(fig.column for fig in ALL_FIGURES)
 _STATE_TEXT = {state: state.value for state in VmState}
-_SAMPLE_INSERT_COLUMNS = ("domain_id", "t_ms", *_SAMPLE_COLUMNS, "state")
+_SAMPLE_INSERT_COLUMNS = ("slot", "domain_id", "t_ms", *_SAMPLE_COLUMNS, "state")
 
 
-@functools.cache
-def _samples_insert_sql_for(dialect_name: str, dialect: Any) -> tuple[str, bool]:
-    ins = pg_insert(samples) if dialect_name == "postgresql" else sqlite_insert(samples)
-    stmt = ins.values({c: bindparam(c) for c in _SAMPLE_INSERT_COLUMNS}).on_conflict_do_nothing()
-    compiled = stmt.compile(dialect=dialect)
-    if compiled.positional:
-        order = tuple(compiled.positiontup or ())
-        if order != _SAMPLE_INSERT_COLUMNS:
-            raise AssertionError(f"unexpected parameter order {order}")
-    return str(compiled), bool(compiled.positional)
+def _driver_statement(dialect_name: str, name: str) -> Any:
+    ins = pg_insert if dialect_name == "postgresql" else sqlite_insert
+    if name == "insert_samples":
+        return (
+            ins(samples)
+            .values({c: bindparam(c) for c in _SAMPLE_INSERT_COLUMNS})
+            .on_conflict_do_nothing()
+        )
+    if name == "note_latest":
+        newer = or_(domains.c.last_sample_ms.is_(None), domains.c.last_sample_ms < bindparam("t"))
+        return (
+            update(domains)
+            .where(domains.c.id == bindparam("d"), newer)
+            .values(last_sample_ms=bindparam("t"))
+        )
+    raise KeyError(name)
+
+
+_DRIVER_SQL: dict[tuple[str, str], tuple[str, tuple[str, ...] | None]] = {}
+
+
+def _compiled_driver_sql(
+    dialect_name: str, dialect: Any, name: str
+) -> tuple[str, tuple[str, ...] | None]:
+    """A Core statement compiled once per dialect, for the driver's executemany:
+    the SQL and, for positional drivers (SQLite), the parameter order."""
+    key = (dialect_name, name)
+    if key not in _DRIVER_SQL:
+        compiled = _driver_statement(dialect_name, name).compile(dialect=dialect)
+        order = tuple(compiled.positiontup or ()) if compiled.positional else None
+        _DRIVER_SQL[key] = (str(compiled), order)
+    return _DRIVER_SQL[key]
 
 
 @functools.cache
@@ -246,10 +276,6 @@ def _tail_select(res: Resolution, figs: tuple[Figure, ...]) -> Select[Any]:
     agg = rollup.aggregate_select(res, by_domain=True).subquery()
     names = [f"{f.column}_{a}" for f in figs for a in rollup.AGGREGATES]
     return select(agg.c.t_ms, agg.c.n, *(agg.c[n] for n in names)).order_by(agg.c.t_ms)
-
-
-def _samples_insert_sql(dialect_name: str, conn: Connection) -> tuple[str, bool]:
-    return _samples_insert_sql_for(dialect_name, conn.dialect)
 
 
 class Store:
@@ -538,6 +564,7 @@ class Store:
                 # In _SAMPLE_INSERT_COLUMNS order.
                 rows.append(
                     (
+                        t_ms // SLOT_MS,
                         ids[s.domain.uuid],
                         t_ms,
                         s.target_kb,
@@ -555,6 +582,7 @@ class Store:
                 )
             if rows:
                 self._insert_samples(conn, rows)
+                self._note_latest(conn, rows)
                 self._fix_late(conn, rows)
             if decisions_:
                 conn.execute(
@@ -599,22 +627,37 @@ class Store:
         with the driver's executemany on plain tuples: SQLAlchemy's per-row
         parameter processing would cost more than SQLite's insert itself.
         """
-        sql, positional = _samples_insert_sql(self._dialect, conn)
-        if positional:
+        sql, order = _compiled_driver_sql(self._dialect, conn.dialect, "insert_samples")
+        if order is not None:
+            if order != _SAMPLE_INSERT_COLUMNS:
+                raise AssertionError(f"unexpected parameter order {order}")
             conn.exec_driver_sql(sql, rows)
         else:
             conn.exec_driver_sql(
                 sql, [dict(zip(_SAMPLE_INSERT_COLUMNS, r, strict=True)) for r in rows]
             )
 
+    def _note_latest(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Record each VM's newest sample time (how `fleet_latest` finds it)."""
+        latest: dict[int, int] = {}
+        for _slot, domain_id, t_ms, *_ in rows:
+            if t_ms > latest.get(domain_id, -1):
+                latest[domain_id] = t_ms
+        sql, order = _compiled_driver_sql(self._dialect, conn.dialect, "note_latest")
+        params = [{"d": d, "t": t} for d, t in latest.items()]
+        if order is not None:
+            conn.exec_driver_sql(sql, [tuple(p[k] for k in order) for p in params])
+        else:
+            conn.exec_driver_sql(sql, params)
+
     def _fix_late(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-        oldest = min(r[1] for r in rows)
+        oldest = min(r[2] for r in rows)
         marks = rollup.read_marks(conn)
         for res, mark in marks.items():
             if oldest >= mark:
                 continue
             dirty: dict[int, tuple[int, int]] = {}
-            for domain_id, t_ms, *_ in rows:
+            for _slot, domain_id, t_ms, *_ in rows:
                 if t_ms < mark:
                     b = rollup.bucket_start(t_ms, res)
                     lo, hi = dirty.get(domain_id, (b, b))
@@ -699,25 +742,22 @@ class Store:
     def _prune(self, now_ms: int, marks: Mapping[Resolution, int]) -> dict[str, int]:
         keep = self.config.retention
         raw_cut = min(now_ms - int(keep.raw_s * 1000), *marks.values())
-        cuts = [
-            ("samples", samples, None, raw_cut),
-            ("rollups_1m", rollups, Resolution.MINUTE, now_ms - int(keep.minute_s * 1000)),
-            ("rollups_1h", rollups, Resolution.HOUR, now_ms - int(keep.hour_s * 1000)),
-        ]
         pruned: dict[str, int] = {}
-        with self._read() as conn:
-            domain_ids = [int(i) for i in conn.execute(select(domains.c.id)).scalars()]
-        for name, table, res, cut in cuts:
-            cond = and_(table.c.domain_id == bindparam("d"), table.c.t_ms < cut)
-            if res is not None:
-                cond = and_(cond, table.c.res_s == res.value)
-            count = 0
-            for i in range(0, len(domain_ids), PRUNE_DOMAINS_PER_TX):
-                chunk = domain_ids[i : i + PRUNE_DOMAINS_PER_TX]
-                with self._write() as conn:
-                    result = conn.execute(delete(table).where(cond), [{"d": d} for d in chunk])
-                    count += max(result.rowcount, 0)
-            pruned[name] = count
+        # Everything is clustered by time: retention deletes ranges at the
+        # front of the b-trees, a bounded range per transaction.
+        pruned["samples"] = self._delete_before(
+            samples.c.slot, raw_cut // SLOT_MS, PRUNE_SLOTS_PER_TX, samples.c.slot >= 0
+        )
+        for name, res, keep_s in (
+            ("rollups_1m", Resolution.MINUTE, keep.minute_s),
+            ("rollups_1h", Resolution.HOUR, keep.hour_s),
+        ):
+            pruned[name] = self._delete_before(
+                rollups.c.t_ms,
+                now_ms - int(keep_s * 1000),
+                PRUNE_BUCKETS_PER_TX * res.value * 1000,
+                rollups.c.res_s == res.value,
+            )
         with self._write() as conn:
             pruned["decisions"] = max(
                 conn.execute(
@@ -734,6 +774,20 @@ class Store:
                 0,
             )
         return pruned
+
+    def _delete_before(self, column: Any, cut: int, step: int, scope: ColumnElement[bool]) -> int:
+        """Delete rows (within `scope`) whose `column` is below `cut`, from the
+        oldest on, at most `step` of `column` per transaction."""
+        count = 0
+        while True:
+            with self._write() as conn:
+                first = conn.execute(select(func.min(column)).where(scope)).scalar()
+                if first is None or first >= cut:
+                    return count
+                upto = min(cut, int(first) + step)
+                table = column.table
+                result = conn.execute(delete(table).where(scope, column < upto))
+                count += max(result.rowcount, 0)
 
     # ---------------------------------------------------------------- queries
 
@@ -804,15 +858,25 @@ class Store:
     def _raw_columns(
         self, conn: Connection, domain_id: int, figs: Sequence[Figure], start_ms: int, end_ms: int
     ) -> _Columns:
-        rows = conn.execute(
+        # One primary-key seek per 10-second slot of the range.
+        query = (
             select(samples.c.t_ms, *(samples.c[f.column] for f in figs))
             .where(
+                samples.c.slot.in_(bindparam("slots", expanding=True)),
                 samples.c.domain_id == domain_id,
                 samples.c.t_ms >= start_ms,
                 samples.c.t_ms <= end_ms,
             )
             .order_by(samples.c.t_ms)
-        ).all()
+        )
+        rows: list[Any] = []
+        oldest_raw = rollup.earliest_sample_ms(conn)
+        if oldest_raw is None:
+            return _Columns([], [], {f: FigureSeries((), (), (), ()) for f in figs})
+        first_slot_ms = oldest_raw - oldest_raw % SLOT_MS
+        all_slots = rollup.slots_between(max(start_ms, first_slot_ms), end_ms + 1)
+        for slots in _chunks(all_slots, rollup.MAX_SLOTS_PER_QUERY):
+            rows += conn.execute(query, {"slots": slots}).all()
         cols: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else []
         values = {}
         for i, fig in enumerate(figs, start=1):
@@ -835,24 +899,30 @@ class Store:
         names = [f"{f.column}_{agg}" for f in figs for agg in rollup.AGGREGATES]
         rows: list[Any] = []
         if mark is not None and mark > first:
-            stored_end = min(end_ms + 1, mark)
-            rows += conn.execute(
+            # One primary-key seek per bucket of the range.
+            step_ms = res.value * 1000
+            buckets = list(range(first, min(end_ms + 1, mark), step_ms))
+            query = (
                 select(rollups.c.t_ms, rollups.c.n, *(rollups.c[n] for n in names))
                 .where(
                     rollups.c.res_s == res.value,
+                    rollups.c.t_ms.in_(bindparam("buckets", expanding=True)),
                     rollups.c.domain_id == domain_id,
-                    rollups.c.t_ms >= first,
-                    rollups.c.t_ms < stored_end,
                 )
                 .order_by(rollups.c.t_ms)
-            ).all()
+            )
+            for chunk in _chunks(buckets, rollup.MAX_SLOTS_PER_QUERY):
+                rows += conn.execute(query, {"buckets": chunk}).all()
         tail_start = first if mark is None else max(first, mark)
-        if tail_start <= end_ms:
+        oldest_raw = rollup.earliest_sample_ms(conn)
+        if oldest_raw is not None:
+            tail_start = max(tail_start, rollup.bucket_start(oldest_raw, res))
+        if oldest_raw is not None and tail_start <= end_ms:
             # Buckets not rolled up yet (the last few minutes): aggregate raw now.
-            rows += conn.execute(
-                _tail_select(res, tuple(figs)),
-                rollup.aggregate_params(tail_start, end_ms + 1, [domain_id]),
-            ).all()
+            for lo, hi in rollup.spans(tail_start, end_ms + 1, res):
+                rows += conn.execute(
+                    _tail_select(res, tuple(figs)), rollup.aggregate_params(lo, hi, [domain_id])
+                ).all()
         cols: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else []
         values = {}
         for i, fig in enumerate(figs):
@@ -930,10 +1000,16 @@ class Store:
         window_s = self.config.retention.raw_s if within_s is None else within_s
         seen_after = to_ms(self.now()) - int(window_s * 1000)
         s, d, x = samples, domains, decisions
-        # One primary-key seek per VM for each, not a scan (aliases keep the
-        # subqueries correlated to `domains` only).
-        s2, x2 = samples.alias("s2"), decisions.alias("x2")
-        newest_t = select(func.max(s2.c.t_ms)).where(s2.c.domain_id == d.c.id).scalar_subquery()
+        # One primary-key seek per VM for each: the newest sample is where
+        # `domains.last_sample_ms` says; the alias keeps the decision
+        # subquery correlated to `domains` only.
+        x2 = decisions.alias("x2")
+        slot_ms = literal_column(str(SLOT_MS), BigInteger)
+        at_newest = and_(
+            s.c.slot == d.c.last_sample_ms // slot_ms,
+            s.c.domain_id == d.c.id,
+            s.c.t_ms == d.c.last_sample_ms,
+        )
         newest_decision = (
             select(x2.c.id)
             .where(x2.c.domain_id == d.c.id)
@@ -956,11 +1032,7 @@ class Store:
                 return []
             query = (
                 select(d.c.uuid, d.c.name, d.c.domid, *sample_cols, *decision_cols)
-                .select_from(
-                    d.outerjoin(s, and_(s.c.domain_id == d.c.id, s.c.t_ms == newest_t)).outerjoin(
-                        x, x.c.id == newest_decision
-                    )
-                )
+                .select_from(d.outerjoin(s, at_newest).outerjoin(x, x.c.id == newest_decision))
                 .where(d.c.host_id == host_id, d.c.last_seen_ms >= seen_after)
                 .order_by(d.c.name, d.c.uuid)
             )
@@ -1299,6 +1371,11 @@ def open_store(
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 def _check_limit(limit: int) -> None:

@@ -145,3 +145,60 @@ def test_migrations_found_from_any_directory(
     status = migrate.upgrade(resolve_db_url("relative.db")).after
     assert status.up_to_date
     assert (tmp_path / "relative.db").exists()
+
+
+def test_time_clustering_migration_keeps_data(db_url: URL) -> None:
+    """0002 -> 0003 moves samples and rollups to time-first keys, and back."""
+    migrate.upgrade(db_url, "0002")
+    engine = make_oneshot_engine(db_url)
+    t_ms = 1_772_409_600_000  # 2026-03-02 00:00 UTC
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO hosts (id, name, created_ms) VALUES (1, 'h', 0)"))
+        for domain_id in (1, 2):
+            conn.execute(
+                text(
+                    "INSERT INTO domains (id, uuid, name, domid, host_id, first_seen_ms, "
+                    "last_seen_ms) VALUES (:i, :u, :n, :i, 1, 0, 0)"
+                ),
+                {
+                    "i": domain_id,
+                    "u": f"00000000-0000-0000-0000-00000000000{domain_id}",
+                    "n": f"vm{domain_id}",
+                },
+            )
+            for k in range(3):
+                conn.execute(
+                    text(
+                        "INSERT INTO samples (domain_id, t_ms, target_kb, actual_kb, state) "
+                        "VALUES (:d, :t, :v, :v, 'ok')"
+                    ),
+                    {"d": domain_id, "t": t_ms + 15_000 * k, "v": 100 * domain_id + k},
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO rollups (res_s, domain_id, t_ms, n, target_kb_max) "
+                    "VALUES (60, :d, :t, 3, :v)"
+                ),
+                {"d": domain_id, "t": t_ms, "v": 100 * domain_id + 2},
+            )
+    try:
+        migrate.upgrade(db_url)
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT slot, domain_id, t_ms, target_kb FROM samples ORDER BY 2, 3")
+            ).all()
+            assert [tuple(r) for r in rows] == [
+                ((t_ms + 15_000 * k) // 10_000, d, t_ms + 15_000 * k, 100 * d + k)
+                for d in (1, 2)
+                for k in range(3)
+            ]
+            latest = conn.execute(text("SELECT id, last_sample_ms FROM domains ORDER BY id")).all()
+            assert [tuple(r) for r in latest] == [(1, t_ms + 30_000), (2, t_ms + 30_000)]
+            kept = conn.execute(text("SELECT domain_id, target_kb_max FROM rollups ORDER BY 1"))
+            assert [tuple(r) for r in kept] == [(1, 102), (2, 202)]
+        migrate.downgrade(db_url, "0002")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM samples")).scalar() == 6
+            assert conn.execute(text("SELECT count(*) FROM rollups")).scalar() == 2
+    finally:
+        engine.dispose()
