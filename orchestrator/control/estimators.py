@@ -23,7 +23,7 @@ import math
 from typing import Final, NamedTuple
 
 from agents.schema import MAX_MEMORY_KB, Report
-from orchestrator.control import kernel
+from orchestrator.control.kernel import PAGE_KB
 
 # Senpai (oomd plugin, 2019 defaults): a target of 10 ms of stall per 6 s
 # interval, probe at most 1 % per interval, back off at most 100 %,
@@ -120,11 +120,61 @@ def _opt_pct(value: object) -> float | None:
 _MAX_COUNTER: Final = (1 << 63) - 1
 
 
+def _plain(value: object, high: int) -> bool:
+    """None, or an int already in [0, high] (what the strict decoder yields)."""
+    return value is None or (type(value) is int and 0 <= value <= high)
+
+
 def figures_of(report: Report) -> Figures | None:
-    """Sanitise a report; None when it cannot be used (e.g. no MemTotal)."""
+    """Sanitise a report; None when it cannot be used (e.g. no MemTotal).
+
+    Reports from ``agents.schema.decode_report`` are already strict, so they
+    take a fast path; anything else (the simulator's, a test's, a hostile
+    object) is clamped field by field.
+    """
+    r = report
+    sizes = (
+        r.mem_total_kb, r.mem_free_kb, r.mem_available_kb, r.cached_kb, r.committed_as_kb,
+        r.totalreserve_kb, r.swap_total_kb, r.swap_free_kb,
+    )
+    if (
+        set(map(type, sizes)) == {int}
+        and min(sizes) >= 0
+        and max(sizes) <= MAX_MEMORY_KB
+        and r.mem_total_kb >= PAGE_KB
+        and r.mem_free_kb <= r.mem_total_kb
+        and r.mem_available_kb <= r.mem_total_kb
+        and r.cached_kb <= r.mem_total_kb
+        and r.swap_free_kb <= r.swap_total_kb
+        and type(r.uptime_s) is float
+        and 0.0 <= r.uptime_s <= 1e12
+        and _plain(r.seq, _MAX_COUNTER)
+        and r.seq is not None
+        and _plain(r.pswpin, _MAX_COUNTER)
+        and r.pswpin is not None
+        and _plain(r.frontswap_kb, MAX_MEMORY_KB)
+        and _plain(r.psi_some_total_us, _MAX_COUNTER)
+        and _plain(r.refault_anon, _MAX_COUNTER)
+        and _plain(r.refault_file, _MAX_COUNTER)
+        and _plain(r.balloon_current_kb, MAX_MEMORY_KB)
+        and (r.psi_some_avg10 is None or (type(r.psi_some_avg10) is float
+                                          and 0.0 <= r.psi_some_avg10 <= 100.0))
+    ):
+        anon, file = r.refault_anon, r.refault_file
+        refaults = None if anon is None and file is None else (anon or 0) + (file or 0)
+        return Figures(
+            r.seq, r.uptime_s, r.mem_total_kb, r.mem_free_kb, r.mem_available_kb, r.cached_kb,
+            r.committed_as_kb, r.totalreserve_kb, r.swap_total_kb - r.swap_free_kb, r.pswpin,
+            r.frontswap_kb, r.psi_some_avg10, r.psi_some_total_us, refaults,
+            r.balloon_current_kb,
+        )
+    return _figures_clamped(report)
+
+
+def _figures_clamped(report: Report) -> Figures | None:
     try:
         total = _int(report.mem_total_kb)
-        if total < kernel.PAGE_KB:
+        if total < PAGE_KB:
             return None
         refault_parts = [
             _opt_int(report.refault_anon, _MAX_COUNTER),
@@ -237,7 +287,7 @@ def pressure_grow_pages(cur: int, signals: Signals, interval_s: float) -> int:
     backoff = min((ratio / SENPAI_COEFF_BACKOFF) ** 2, SENPAI_MAX_BACKOFF)
     evidence = ((signals.refault_pps or 0.0) + (signals.swapin_pps or 0.0)) * interval_s
     grow = max(cur * backoff, evidence, cur * MIN_PRESSURE_GROW_FRAC)
-    return int(min(grow, kernel.kb_to_pages(MAX_MEMORY_KB)))
+    return int(min(grow, MAX_MEMORY_KB // PAGE_KB))
 
 
 def probe_shrink_pages(cur: int, signals: Signals) -> int:
@@ -270,10 +320,10 @@ def committed(
     """The kernel law: ``Committed_AS + totalreserve + reserved (+ frontswap pages)``."""
     frontswap = 0
     if swap_shrink and fig.frontswap_kb is not None:
-        frontswap = kernel.kb_to_pages(fig.frontswap_kb)
+        frontswap = fig.frontswap_kb // PAGE_KB
     goal = (
-        kernel.kb_to_pages(fig.committed_as_kb)
-        + kernel.kb_to_pages(fig.totalreserve_kb)
+        fig.committed_as_kb // PAGE_KB
+        + fig.totalreserve_kb // PAGE_KB
         + reserve_pages
         + frontswap
     )
@@ -291,11 +341,11 @@ def working_set(
     """``MemTotal - MemAvailable + reserve (+ frontswap)``; at once above it on pressure."""
     frontswap = 0
     if swap_shrink and fig.frontswap_kb is not None:
-        frontswap = kernel.kb_to_pages(fig.frontswap_kb)
-    goal = kernel.kb_to_pages(fig.used_kb) + reserve_pages + frontswap
+        frontswap = fig.frontswap_kb // PAGE_KB
+    goal = fig.used_kb // PAGE_KB + reserve_pages + frontswap
     pressure = under_pressure(signals)
     if pressure and signals is not None:
-        cur = kernel.kb_to_pages(fig.mem_total_kb)
+        cur = fig.mem_total_kb // PAGE_KB
         goal = max(goal, cur + pressure_grow_pages(cur, signals, interval_s))
     return Estimate(goal_pages=goal, incremental=False, pressure=pressure)
 
@@ -316,11 +366,11 @@ def pressure(
     as it nears it. Without evidence either way: hold. Never below the
     working set plus reserve (+ frontswap pages that should come back).
     """
-    cur = kernel.kb_to_pages(fig.mem_total_kb)
+    cur = fig.mem_total_kb // PAGE_KB
     frontswap = 0
     if swap_shrink and fig.frontswap_kb is not None:
-        frontswap = kernel.kb_to_pages(fig.frontswap_kb)
-    floor = kernel.kb_to_pages(fig.used_kb) + reserve_pages + frontswap
+        frontswap = fig.frontswap_kb // PAGE_KB
+    floor = fig.used_kb // PAGE_KB + reserve_pages + frontswap
     if under_pressure(signals):
         assert signals is not None
         goal = max(cur + pressure_grow_pages(cur, signals, interval_s), floor)
@@ -336,5 +386,5 @@ def basic(total_kb: int, free_kb: int, *, reserve_pages: int) -> Estimate:
     """``meminfo_total - meminfo_free + reserve``: page cache counts as used."""
     used = max(total_kb - min(free_kb, total_kb), 0)
     return Estimate(
-        goal_pages=kernel.kb_to_pages(used) + reserve_pages, incremental=False, pressure=False
+        goal_pages=used // PAGE_KB + reserve_pages, incremental=False, pressure=False
     )

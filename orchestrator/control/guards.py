@@ -20,7 +20,7 @@ cause may be the host rather than the guest.
 from __future__ import annotations
 
 import math
-from typing import Final, NamedTuple
+from typing import Final
 
 # squeezed: a domain making no progress for 5 s is inactive
 # (assume_balloon_driver_stuck_after), and flagged uncooperative after 20 s.
@@ -40,22 +40,7 @@ TARGET_TOLERANCE_KB: Final = 1024
 MAX_INTERVALS_PER_CYCLE: Final = 2.0
 
 
-class Progress(NamedTuple):
-    """A VM's progress score after one observation."""
-
-    score_s: float
-    """Seconds of missing progress (0..SCORE_CAP_S)."""
-    uncooperative: bool
-    """Latched uncooperative flag."""
-
-    @property
-    def inactive(self) -> bool:
-        """No progress for at least 5 s (squeezed)."""
-        return self.score_s >= INACTIVE_AFTER_S
-
-
 def track(
-    *,
     score_s: float,
     uncooperative: bool,
     last_actual_kb: int,
@@ -63,8 +48,12 @@ def track(
     target_kb: int,
     elapsed_s: float,
     interval_s: float,
-) -> Progress:
-    """Update the score from one observation of allocation and target (KiB)."""
+) -> tuple[float, bool]:
+    """Update the score from one observation of allocation and target (KiB).
+
+    Returns the new score (seconds, 0..SCORE_CAP_S) and the latched
+    uncooperative flag. ``elapsed_s`` is the time since the last observation.
+    """
     dt = elapsed_s if math.isfinite(elapsed_s) and elapsed_s > 0 else 0.0
     dt = min(dt, MAX_INTERVALS_PER_CYCLE * interval_s)
     moved_kb = max(last_actual_kb - actual_kb, 0)
@@ -80,4 +69,4 @@ def track(
         flag = False
     else:
         flag = uncooperative
-    return Progress(score_s=score, uncooperative=flag)
+    return score, flag

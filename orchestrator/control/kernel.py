@@ -14,8 +14,7 @@ the "do not balloon" branch here instead of a huge unsigned value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 # x86 PAGE_SIZE: 4 KiB. xenstore and /proc/meminfo speak KiB, the law pages.
 PAGE_KB: Final = 4
@@ -176,8 +175,7 @@ def selfballoon_target_pages(
     return to_balloon_target_pages(tgt=tgt, balloon_current=balloon_current, totalram=totalram)
 
 
-@dataclass(frozen=True, slots=True)
-class FrontswapState:
+class FrontswapState(NamedTuple):
     """What ``frontswap_selfshrink`` keeps between ticks (its two statics)."""
 
     last_pages: int = 0
@@ -205,11 +203,11 @@ def frontswap_tick(
     if hysteresis < 1 or inertia < 0:
         raise ValueError("frontswap hysteresis must be >= 1 and inertia >= 0")
     if cur_pages <= 0 or cur_pages > state.last_pages:
-        return FrontswapState(last_pages=max(cur_pages, 0), counter=inertia), None
+        return FrontswapState(max(cur_pages, 0), inertia), None
     counter = state.counter
     if counter != 0:
         counter -= 1
         if counter != 0:
-            return FrontswapState(last_pages=cur_pages, counter=counter), None
+            return FrontswapState(cur_pages, counter), None
     target = 0 if cur_pages <= hysteresis else cur_pages - cur_pages // hysteresis
-    return FrontswapState(last_pages=cur_pages, counter=inertia), target
+    return FrontswapState(cur_pages, inertia), target

@@ -30,6 +30,7 @@ from agents.schema import MAX_MEMORY_KB, Directive, Report
 from orchestrator.control import estimators, guards, kernel
 from orchestrator.control.arbitration import Claim, share
 from orchestrator.control.estimators import Estimate, Figures, Signals
+from orchestrator.control.kernel import PAGE_KB
 from orchestrator.control.plan import HostPlan, Plan, Reason, ReservationPlan, VmPlan, VmState
 from orchestrator.control.policy import (
     EffectiveVmPolicy,
@@ -185,7 +186,7 @@ def _decide_vm(
             assert fig is not None
             estimator = eff.estimator
             target, demand, reason, pressure = _run_law(
-                obs, eff, fig, signals, host.interval_s, current, due
+                obs, eff, fig, signals, host.interval_s, actual, current, due
             )
             stepped = due
         elif basic_data is not None and (fresh or report_dead):
@@ -229,17 +230,17 @@ def _decide_vm(
         target, reason = current, Reason.DEADBAND
 
     if eff.swap_shrink and fresh and due and fig is not None:
-        swap_pages = kernel.kb_to_pages(
+        swap_pages = (
             fig.frontswap_kb if fig.frontswap_kb is not None else fig.swap_used_kb
-        )
+        ) // PAGE_KB
         new_swap, shrink_to = kernel.frontswap_tick(
-            kernel.FrontswapState(last_pages=swap_last, counter=swap_counter), swap_pages
+            kernel.FrontswapState(swap_last, swap_counter), swap_pages
         )
         swap_last, swap_counter = new_swap.last_pages, new_swap.counter
         stepped = True
         if shrink_to is not None:
             directive_seq += 1
-            directive = Directive(seq=directive_seq, swap_target_kb=kernel.pages_to_kb(shrink_to))
+            directive = Directive(seq=directive_seq, swap_target_kb=shrink_to * PAGE_KB)
 
     if (uncooperative or inactive) and actual > target:
         kind = "hold"  # it is not moving: charge what it holds, do not count on it
@@ -264,16 +265,11 @@ def _progress(
         return 0.0, False  # a new VM is making progress (squeezed does the same)
     if not_scored:
         return prev.stuck_score_s, prev.uncooperative
-    result = guards.track(
-        score_s=prev.stuck_score_s,
-        uncooperative=prev.uncooperative,
-        last_actual_kb=prev.last_actual_kb,
-        actual_kb=actual,
-        target_kb=current,
-        elapsed_s=now_s - prev.last_seen_s,
-        interval_s=host.interval_s,
+    # Positional: this runs for every VM every cycle (see guards.track's order).
+    return guards.track(
+        prev.stuck_score_s, prev.uncooperative, prev.last_actual_kb, actual, current,
+        now_s - prev.last_seen_s, host.interval_s,
     )
-    return result.score_s, result.uncooperative
 
 
 def _remember_report(
@@ -284,8 +280,15 @@ def _remember_report(
     An unchanged report (same object, or same seq and uptime) is not parsed
     or differenced again; an unusable one leaves the carried ones in place.
     """
-    if prev is not None and prev.report is not None and (
-        prev.report is obs.report or prev.report == obs.report
+    if (
+        prev is not None
+        and prev.report is not None
+        and obs.report is not None
+        and (
+            prev.report is obs.report
+            # Cheap test first: a new report almost always has a new seq.
+            or (prev.report.seq == obs.report.seq and prev.report == obs.report)
+        )
     ):
         return prev.figures, prev.report, prev.figures, prev.signals
     kept = (prev.report, prev.figures, prev.signals) if prev is not None else (None, None, None)
@@ -311,13 +314,13 @@ def _reserve_pages(eff: EffectiveVmPolicy) -> int:
     # With no policy reserve, ``resolve`` already gave the kernel's
     # selfballoon_reserved_mb: 10 % of the RAM the guest booted with, whole MiB
     # (dom0 does not know the boot size; static-max stands in for it).
-    return kernel.kb_to_pages(eff.reserve_kb)
+    return eff.reserve_kb // PAGE_KB
 
 
 def _floor_pages(eff: EffectiveVmPolicy, static_max_kb: int, totalreserve: int) -> int:
     if eff.min_usable_kb is not None:
-        return totalreserve + kernel.kb_to_pages(eff.min_usable_kb)
-    return _kernel_floor(kernel.kb_to_pages(static_max_kb), totalreserve)
+        return totalreserve + eff.min_usable_kb // PAGE_KB
+    return _kernel_floor(static_max_kb // PAGE_KB, totalreserve)
 
 
 @functools.lru_cache(maxsize=16384)
@@ -336,10 +339,10 @@ def balloon_offset_pages(
     most static-max); otherwise the hypervisor's allocation (already minus
     memory-offset) stands in for ``balloon_current``. Never negative.
     """
-    totalram = kernel.kb_to_pages(mem_total_kb)
+    totalram = mem_total_kb // PAGE_KB
     if balloon_current_kb is not None and mem_total_kb <= balloon_current_kb <= static_max_kb:
-        return kernel.kb_to_pages(balloon_current_kb) - totalram
-    return max(kernel.kb_to_pages(actual_kb) - totalram, 0)
+        return balloon_current_kb // PAGE_KB - totalram
+    return max(actual_kb // PAGE_KB - totalram, 0)
 
 
 def _run_law(
@@ -348,6 +351,7 @@ def _run_law(
     fig: Figures,
     signals: Signals | None,
     interval_s: float,
+    actual: int,
     current: int,
     due: bool,
 ) -> tuple[int, int, Reason, bool]:
@@ -368,14 +372,14 @@ def _run_law(
             fig, reserve_pages=reserve, swap_shrink=eff.swap_shrink, signals=signals,
             interval_s=interval_s,
         )
-    cur = kernel.kb_to_pages(fig.mem_total_kb)
+    cur = fig.mem_total_kb // PAGE_KB
     offset = balloon_offset_pages(
         mem_total_kb=fig.mem_total_kb, balloon_current_kb=fig.balloon_current_kb,
-        actual_kb=obs.actual_target_kb, static_max_kb=obs.static_max_kb,
+        actual_kb=actual, static_max_kb=obs.static_max_kb,
     )
-    totalreserve = kernel.kb_to_pages(fig.totalreserve_kb)
+    totalreserve = fig.totalreserve_kb // PAGE_KB
     target, reason = _step(est, cur, offset, eff, obs.static_max_kb, totalreserve)
-    demand = kernel.pages_to_kb(est.goal_pages + offset)
+    demand = (est.goal_pages + offset) * PAGE_KB
     if not due and target < current:
         target, reason = current, Reason.NOT_DUE
     return target, demand, reason, est.pressure
@@ -405,7 +409,7 @@ def _step(
     floor = _floor_pages(eff, static_max_kb, totalreserve)
     if tgt < floor:
         tgt, reason = floor, Reason.FLOOR
-    return kernel.pages_to_kb(tgt + offset), reason
+    return (tgt + offset) * PAGE_KB, reason
 
 
 def _basic_figures(
@@ -419,7 +423,7 @@ def _basic_figures(
         meminfo_fresh = obs.report is None
     else:
         meminfo_fresh = obs.meminfo_age_s <= host.stale_s
-    if total is not None and free is not None and meminfo_fresh and total >= kernel.PAGE_KB:
+    if total is not None and free is not None and meminfo_fresh and total >= PAGE_KB:
         total = min(total, MAX_MEMORY_KB)
         return total, min(max(free, 0), total)
     if fig is not None and eff.estimator is Estimator.BASIC:
@@ -437,18 +441,18 @@ def _run_basic(
 ) -> tuple[int, int, Reason]:
     total_kb, free_kb = data
     est = estimators.basic(total_kb, free_kb, reserve_pages=_reserve_pages(eff))
-    cur = kernel.kb_to_pages(total_kb)
-    offset = max(kernel.kb_to_pages(actual) - cur, 0)
+    cur = total_kb // PAGE_KB
+    offset = max(actual // PAGE_KB - cur, 0)
     target, reason = _step(est, cur, offset, eff, obs.static_max_kb, 0)
     if not due and target < current:
         target, reason = current, Reason.NOT_DUE
-    return target, kernel.pages_to_kb(est.goal_pages + offset), reason
+    return target, (est.goal_pages + offset) * PAGE_KB, reason
 
 
 def _drift(eff: EffectiveVmPolicy, current: int, due: bool) -> tuple[int, Reason]:
     """Move towards the policy fallback with the VM's own hysteresis."""
-    goal = kernel.kb_to_pages(eff.fallback_kb)
-    cur = kernel.kb_to_pages(current)
+    goal = eff.fallback_kb // PAGE_KB
+    cur = current // PAGE_KB
     if goal < cur and not due:
         return current, Reason.DEAD
     tgt = kernel.selfballoon_step_pages(
@@ -456,7 +460,7 @@ def _drift(eff: EffectiveVmPolicy, current: int, due: bool) -> tuple[int, Reason
     )
     if tgt == cur:
         return current, Reason.DEAD
-    return kernel.pages_to_kb(tgt), Reason.DEAD
+    return tgt * PAGE_KB, Reason.DEAD
 
 
 def _pace(
@@ -489,8 +493,7 @@ def _arbitrate(snapshot: Snapshot, host: HostPolicy, work: list[_Vm]) -> Plan:
         else:
             fixed_charge += max(vm.actual_kb, vm.want_kb)
     claims = [
-        Claim(lo_kb=min(vm.eff.min_kb, vm.want_kb), hi_kb=vm.want_kb, weight=max(vm.eff.weight, 1))
-        for vm in flex
+        Claim(min(vm.eff.min_kb, vm.want_kb), vm.want_kb, max(vm.eff.weight, 1)) for vm in flex
     ]
     requests = [r.size_kb for r in snapshot.reservations]
     sharing = share(budget - fixed_charge, claims, requests)

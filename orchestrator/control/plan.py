@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final
+from typing import Final, NamedTuple
 
 from agents.schema import Directive
 from orchestrator.control.policy import Estimator
@@ -104,9 +104,13 @@ REASON_TEXT: Final[Mapping[Reason, str]] = MappingProxyType(
 assert set(REASON_TEXT) == set(Reason)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VmPlan:
-    """The decision for one VM."""
+class VmPlan(NamedTuple):
+    """The decision for one VM.
+
+    Immutable. A NamedTuple rather than a frozen dataclass: one is built per
+    VM per cycle, and a frozen dataclass's ``__init__`` alone cost about a
+    fifth of ``decide`` for 1,000 VMs. Use it by attribute, not by position.
+    """
 
     domid: int
     """Xen domain id."""
