@@ -66,6 +66,7 @@ from orchestrator.store import (
     open_store,
 )
 from orchestrator.store.engine import resolve_db_url
+from orchestrator.store.schema import SLOT_MS
 from orchestrator.store.schema import samples as samples_table
 from orchestrator.store.timeparse import to_ms
 
@@ -232,6 +233,7 @@ def _rows(store: Store, cycles: Sequence[Sequence[Sample]]) -> list[dict[str, An
         }
     return [
         {
+            "slot": to_ms(s.time) // SLOT_MS,
             "domain_id": ids[s.domain.uuid],
             "t_ms": to_ms(s.time),
             "target_kb": s.target_kb,
@@ -375,10 +377,10 @@ def bytes_written() -> int:
 
 
 def section_write_volume(args: argparse.Namespace, workdir: Path) -> None:
-    """Bytes written to disk per sample when the controller records one
-    cycle per batch (the writer's default 0.2 s linger) against batching
-    several cycles (a longer `linger_s`): every batch rewrites the newest
-    b-tree page of every VM, whatever its size."""
+    """Bytes written to disk per sample (samples, rollups once a minute, WAL
+    and checkpoints) when the controller records one cycle per batch (the
+    writer's default 0.2 s linger), against batching several cycles (a
+    longer `linger_s`)."""
     fleet = make_fleet(args.vms)
     now = datetime.now(UTC).replace(microsecond=0)
     warm_cycles, cycles = 720, 360  # 1 h of history first, then 30 min measured
@@ -402,6 +404,7 @@ def section_write_volume(args: argparse.Namespace, workdir: Path) -> None:
                     store.write(batch)
                 with store.engine.connect() as conn:
                     conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                store.maintain()
                 before = bytes_written()
                 for start in range(0, cycles, per_batch):
                     batch = []
@@ -410,6 +413,8 @@ def section_write_volume(args: argparse.Namespace, workdir: Path) -> None:
                         t += timedelta(seconds=INTERVAL_S)
                     clock.t = t.timestamp()
                     store.write(batch)
+                    if start % 12 + per_batch >= 12:  # rollups once a minute
+                        store.maintain()
                 with store.engine.connect() as conn:
                     conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
                 written = bytes_written() - before
