@@ -693,7 +693,18 @@ class Store:
 
     def _roll(self, res: Resolution, end_ms: int) -> tuple[int, int]:
         step_ms = res.value * 1000
-        chunk_ms = max(step_ms, rollup.bucket_start(int(self.config.rollup_chunk_s * 1000), res))
+        with self._read() as conn:
+            n_domains = max(1, int(conn.execute(select(func.count(domains.c.id))).scalar() or 1))
+        # Samples are clustered by time: a chunk short enough to hold about
+        # `rollup_rows_per_tx` samples is one range read and one short
+        # transaction. Only an hour bucket of a large fleet is split by VM.
+        rows_span_ms = int(
+            self.config.rollup_rows_per_tx * self.config.sample_interval_s * 1000 / n_domains
+        )
+        chunk_ms = rollup.bucket_start(
+            min(int(self.config.rollup_chunk_s * 1000), rows_span_ms), res
+        )
+        chunk_ms = max(step_ms, chunk_ms)
         written = 0
         while True:
             with self._write() as conn:
