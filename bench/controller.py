@@ -58,6 +58,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid as uuid_mod
 from collections.abc import Sequence
@@ -80,6 +81,7 @@ from orchestrator.controller.observe import (
     VIDEORAM_KEY,
 )
 from orchestrator.hypervisor.simulated import SimulatedHypervisor
+from orchestrator.xenstore import wire
 from orchestrator.xenstore.client import ClientSettings, PyxsClient
 from orchestrator.xenstore.errors import NoEntryError
 from orchestrator.xenstore.rawclient import RawClient
@@ -281,19 +283,30 @@ class Cycles:
 
     wall_s: list[float] = field(default_factory=list)
     cpu_s: list[float] = field(default_factory=list)
+    runq_s: list[float] = field(default_factory=list)
     decide_s: list[float] = field(default_factory=list)
     domains_read: list[int] = field(default_factory=list)
     reads: list[int] = field(default_factory=list)
     writes: list[int] = field(default_factory=list)
 
-    def add(self, result: CycleResult, wall_s: float, cpu_s: float) -> None:
+    def add(self, result: CycleResult, wall_s: float, cpu_s: float, runq_s: float) -> None:
         t = result.timings
         self.wall_s.append(wall_s)
         self.cpu_s.append(cpu_s)
+        self.runq_s.append(runq_s)
         self.decide_s.append(t.decide_s)
         self.domains_read.append(t.domains_read)
         self.reads.append(t.xenstore_reads)
         self.writes.append(len(result.applied.targets_written))
+
+
+def runq_wait_s() -> float:
+    """Seconds this process's main thread (the event loop) has spent runnable but
+    waiting for a CPU (``/proc/self/schedstat``): the machine's load, not our work."""
+    try:
+        return int(Path("/proc/self/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return math.nan
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -313,13 +326,15 @@ def follow(hv: SimulatedHypervisor, result: CycleResult | None) -> None:
         hv.set_target(domid, target)
 
 
-async def timed_cycle(ctl: Controller) -> tuple[CycleResult, float, float]:
-    wall, cpu = time.perf_counter(), time.process_time()
+async def timed_cycle(ctl: Controller) -> tuple[CycleResult, float, float, float]:
+    """One cycle: its result, wall, CPU (all threads) and run-queue wait, seconds."""
+    wall, cpu, runq = time.perf_counter(), time.process_time(), runq_wait_s()
     result = await ctl.run_cycle()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    runq = runq_wait_s() - runq
     if result is None:
         raise SystemExit("a cycle could not observe the fleet")
-    return result, wall, cpu
+    return result, wall, cpu, runq
 
 
 async def codec_read_all(sock: Path, domids: Sequence[int]) -> tuple[float, float]:
@@ -353,15 +368,30 @@ class SizeResult:
     latencies_s: list[float] = field(default_factory=list)
     misses: int = 0
     loop_cpu_share: float = math.nan
+    loop_runq_share: float = math.nan
     loop_cycles_per_s: float = math.nan
+    loop_peeks_per_s: float = math.nan
+
+
+def drain(daemon: ServerProcess) -> None:
+    """Read the daemon's stderr in a thread, so that a chatty daemon never blocks on it."""
+    stream = daemon.process.stderr if daemon.process is not None else None
+    if stream is not None:
+        threading.Thread(target=stream.read, name="daemon-stderr", daemon=True).start()
 
 
 async def lay_out(
     sock: Path, domids: Sequence[int], probes: set[int], target_kb: int, probe_kb: int
 ) -> None:
-    """What libxl writes for each domain, through the privileged socket (setup only)."""
+    """Introduce the domains and write what libxl writes for each, through the
+    privileged socket (setup only). INTRODUCE rather than ``--introduce``: the
+    daemon's start-up probe of a thousand sockets is needlessly slow."""
     client = await RawClient.connect(sock)
     try:
+        for start in range(0, len(domids), 200):
+            await asyncio.gather(*(client.request(wire.Introduce(d, 0, 0))
+                                   for d in domids[start:start + 200]))  # fmt: skip
+
         async def one(domid: int) -> None:
             base = f"/local/domain/{domid}"
             uuid = uuid_of(domid)
@@ -399,7 +429,8 @@ async def run_size(
     probe_go, probe_ready, probe_out = context.Event(), context.Event(), context.Queue()
     procs = []
     try:
-        with ServerProcess(workdir, domains=domids) as daemon:
+        with ServerProcess(workdir) as daemon:
+            drain(daemon)
             await lay_out(daemon.privileged_socket, domids, probes, target_kb, probe_kb)
             procs.append(context.Process(target=_guests_main, args=(
                 str(workdir), background, target_kb, rate, ready, go, stop, out), daemon=True))
@@ -417,23 +448,23 @@ async def run_size(
             async with PyxsClient(socket_path=daemon.privileged_socket, settings=settings) as xs:
                 ctl = Controller(xs=xs, hypervisor=hv, policy=StaticPolicy(),
                                  settings=LoopSettings())  # fmt: skip
-                first, first_wall, first_cpu = await timed_cycle(ctl)
+                first, first_wall, first_cpu, _ = await timed_cycle(ctl)
                 follow(hv, first)
                 go.set()
                 steady = Cycles()
                 for _ in range(args.cycles):
                     await asyncio.sleep(args.gap)
                     hv.advance(args.gap)
-                    result, wall, cpu = await timed_cycle(ctl)
-                    steady.add(result, wall, cpu)
+                    result, wall, cpu, runq = await timed_cycle(ctl)
+                    steady.add(result, wall, cpu, runq)
                     follow(hv, result)
                 naive = Cycles()
                 codec_wall, codec_cpu = [], []
                 for _ in range(args.naive_cycles):
                     await asyncio.sleep(args.gap)
                     ctl.reread_all()
-                    result, wall, cpu = await timed_cycle(ctl)
-                    naive.add(result, wall, cpu)
+                    result, wall, cpu, runq = await timed_cycle(ctl)
+                    naive.add(result, wall, cpu, runq)
                     follow(hv, result)
                     await asyncio.sleep(args.gap)
                     w, c = await codec_read_all(daemon.privileged_socket, domids)
@@ -483,11 +514,15 @@ async def measure_latency(
 
     mover = asyncio.create_task(balloons(), name="balloons")
     await asyncio.sleep(1.0)
-    cycles0, cpu0, wall0 = ctl.cycles, time.process_time(), time.perf_counter()
+    cycles0, peeks0 = ctl.cycles, ctl.peeks
+    cpu0, wall0, runq0 = time.process_time(), time.perf_counter(), runq_wait_s()
     go.set()
     latencies, misses = await asyncio.to_thread(out.get, True, 3600)
-    size.loop_cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-    size.loop_cycles_per_s = (ctl.cycles - cycles0) / (time.perf_counter() - wall0)
+    elapsed = time.perf_counter() - wall0
+    size.loop_cpu_share = (time.process_time() - cpu0) / elapsed
+    size.loop_runq_share = (runq_wait_s() - runq0) / elapsed
+    size.loop_cycles_per_s = (ctl.cycles - cycles0) / elapsed
+    size.loop_peeks_per_s = (ctl.peeks - peeks0) / elapsed
     size.latencies_s, size.misses = latencies, misses
     stop.set()
     await asyncio.wait_for(task, 60)
@@ -503,8 +538,8 @@ def print_results(results: list[SizeResult], args: argparse.Namespace) -> None:
     print(f"cycle time and controller CPU per cycle; steady cycles {args.gap:g} s apart while the "
           f"guests report ({args.rate_per_guest:g}/s each, own domain sockets); ms")  # fmt: skip
     head = (f"{'domains':>7} {'cycle':<22} {'n':>4} {'wall p50':>8} {'wall p99':>8} "
-            f"{'CPU p50':>8} {'CPU p99':>8} {'decide':>8} {'doms read':>9} {'xs reads':>8} "
-            f"{'writes':>6}")  # fmt: skip
+            f"{'CPU p50':>8} {'CPU p99':>8} {'runq p50':>8} {'decide':>8} {'doms read':>9} "
+            f"{'xs reads':>8} {'writes':>6}")  # fmt: skip
     print(head)
     for r in results:
         rows: list[tuple[str, Cycles]] = [("steady (watch + resync)", r.steady),
@@ -512,11 +547,13 @@ def print_results(results: list[SizeResult], args: argparse.Namespace) -> None:
         for name, c in rows:
             print(f"{r.domains:>7} {name:<22} {len(c.wall_s):>4} {ms(pct(c.wall_s, 50))} "
                   f"{ms(pct(c.wall_s, 99))} {ms(pct(c.cpu_s, 50))} {ms(pct(c.cpu_s, 99))} "
+                  f"{ms(pct(c.runq_s, 50))} "
                   f"{ms(statistics.median(c.decide_s))} {statistics.median(c.domains_read):>9.0f} "
                   f"{statistics.median(c.reads):>8.0f} {statistics.median(c.writes):>6.0f}")
         print(f"{r.domains:>7} {'codec client: read all':<22} {len(r.codec_wall_s):>4} "
               f"{ms(pct(r.codec_wall_s, 50))} {ms(pct(r.codec_wall_s, 99))} "
-              f"{ms(pct(r.codec_cpu_s, 50))} {ms(pct(r.codec_cpu_s, 99))} {'':>8} {r.domains:>9} "
+              f"{ms(pct(r.codec_cpu_s, 50))} {ms(pct(r.codec_cpu_s, 99))} {'':>8} {'':>8} "
+              f"{r.domains:>9} "
               f"{r.domains * len(ALL_KEYS):>8}")  # fmt: skip
         print(f"{r.domains:>7} {'first (discover+watch)':<22} {1:>4} {ms(r.first_wall_s)} "
               f"{'':>8} {ms(r.first_cpu_s)}")  # fmt: skip
@@ -533,8 +570,9 @@ def print_results(results: list[SizeResult], args: argparse.Namespace) -> None:
               f"{len(lat)} samples, p50 {pct(lat, 50) * 1000:.1f} ms, "
               f"p90 {pct(lat, 90) * 1000:.1f} ms, p99 {pct(lat, 99) * 1000:.1f} ms, "
               f"max {max(lat, default=math.nan) * 1000:.1f} ms, misses (>2 s) {r.misses}; "
-              f"controller CPU {r.loop_cpu_share:.0%} of one core, "
-              f"{r.loop_cycles_per_s:.1f} cycles/s")  # fmt: skip
+              f"controller CPU {r.loop_cpu_share:.0%} of one core, its event loop waiting "
+              f"for a CPU {r.loop_runq_share:.0%} of the time, {r.loop_cycles_per_s:.1f} "
+              f"cycles/s, {r.loop_peeks_per_s:.1f} peeks/s")  # fmt: skip
 
 
 async def main() -> int:

@@ -17,25 +17,33 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from orchestrator.control import ControlState, Plan, Policy, Snapshot, decide
 from orchestrator.controller.actuate import ApplyResult, apply_plan
 from orchestrator.controller.events import ControllerEvent, events_between
 from orchestrator.controller.observe import (
+    DOM0_KEYS,
+    GUEST_KEYS,
+    IDENTITY_KEYS,
     DomainView,
     LogOnce,
+    ReadResult,
     apply_dom0_keys,
     apply_guest_keys,
     build_snapshot,
+    dom0_keys,
+    first_error,
+    guest_keys,
     home,
     identity,
     list_domids,
-    read_dom0_keys,
-    read_guest_keys,
+    observation,
+    read_paths,
 )
 from orchestrator.errors import TransientError
 from orchestrator.hypervisor import DomainMemory, Hypervisor
@@ -44,7 +52,6 @@ from orchestrator.xenstore.errors import XenstoreConnectionError, XenstoreError
 
 log = logging.getLogger("ballast.controller")
 
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,7 +65,7 @@ class LoopSettings:
     rescan_s: float = 10.0
     """The domain list is re-read at least this often, seconds."""
     read_concurrency: int = 512
-    """Most xenstore requests in flight at once."""
+    """Most xenstore reads in flight at once."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,21 +162,30 @@ class Controller:
         self._views: dict[int, DomainView] = {}
         self._watchers: dict[int, asyncio.Task[None]] = {}
         self._dirty: set[int] = set()
-        self._resync_queue: list[int] = []
+        self._resync_queue: deque[int] = deque()
+        self._resync_at: float | None = None
+        self._resync_credit = 0.0
+        self._reread: set[int] = set()
+        self._connects: int | None = None
+        self._reads = 0
         self._need_full_read = True
         self._need_rescan = True
         self._last_rescan = float("-inf")
         self._first_rescan = True
-        self._resync_started = float("-inf")
         self._state = ControlState()
         self._plan: Plan | None = None
         self._loaded: LoadedPolicy | None = None
         self._policy_loaded_at = float("-inf")
         self._policy_dirty = True
         self._wake = asyncio.Event()
+        """Run a full cycle as soon as the minimum gap allows."""
+        self._changed = asyncio.Event()
+        """A guest's ``~/data`` changed: peek at it."""
+        self._peeks = 0
+        self._last_snapshot: Snapshot | None = None
+        self._last_allocations: Mapping[int, DomainMemory] = {}
         self._pending_events: list[ControllerEvent] = []
         self._problems = LogOnce(log)
-        self._sem: asyncio.Semaphore | None = None
         self._read_counts = (0, 0)
         self.cycles = 0
         self.failed_cycles = 0
@@ -189,6 +205,11 @@ class Controller:
     def wake(self) -> None:
         """Run a cycle as soon as the minimum gap allows."""
         self._wake.set()
+
+    @property
+    def peeks(self) -> int:
+        """Watch-woken looks at changed guests (each may or may not start a cycle)."""
+        return self._peeks
 
     def reread_all(self) -> None:
         """Re-read every domain's keys before the next decision (as after a reconnect)."""
@@ -212,20 +233,35 @@ class Controller:
     # -------------------------------------------------------------------- loop
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run cycles until ``stop`` is set; the cycle in flight always finishes."""
-        self._sem = asyncio.Semaphore(self.settings.read_concurrency)
+        """Run cycles until ``stop`` is set; the cycle in flight always finishes.
+
+        A cycle runs every interval; at once when woken (:meth:`wake`, a policy
+        change, a domain found or gone, a new connection to xenstored); and at
+        once when a guest's ``~/data`` changed and the law, asked about that VM
+        alone, wants to give it more memory (a *peek*: the changed guests' keys
+        are read, nothing is written). Other changes wait for the interval,
+        which paces every downward move anyway; their keys are already read.
+        """
         domain_watch = asyncio.create_task(self._watch_domains(), name="watch-domains")
         try:
             last_start = float("-inf")
+            next_cycle = self.now()
             while not stop.is_set():
+                now = self.now()
+                if now < next_cycle and not self._wake.is_set() and not self._changed.is_set():
+                    await _wait_any(stop, self._wake, self._changed, timeout_s=next_cycle - now)
+                    continue
+                self._changed.clear()
+                full = self._wake.is_set() or now >= next_cycle or await self._peek()
+                if not full:
+                    continue
                 gap = last_start + self.settings.min_gap_s - self.now()
                 if gap > 0:
-                    await asyncio.sleep(gap)
+                    await asyncio.sleep(gap)  # floods of wake-ups coalesce
                 last_start = self.now()
                 self._wake.clear()
                 await self.run_cycle()
-                interval = self._interval_s()
-                await _wait_any(stop, self._wake, timeout_s=interval)
+                next_cycle = last_start + self._interval_s()
         finally:
             domain_watch.cancel()
             for task in self._watchers.values():
@@ -254,6 +290,13 @@ class Controller:
         observed = time.perf_counter()
         plan = decide(snapshot, loaded.policy, self._state)
         decided = time.perf_counter()
+        if getattr(self._xs, "connects", None) != self._connects:
+            # xenstored was reconnected to while we read: what we read may be gone.
+            self.failed_cycles += 1
+            self._need_full_read = True
+            self._problems.problem("cycle", "cycle skipped, nothing written: xenstore "
+                                   "reconnected during the cycle; reading everything again")
+            return None
         applied = await apply_plan(self._xs, plan, self._views)
         applied_at = time.perf_counter()
         self._after_apply(plan, applied)
@@ -277,7 +320,7 @@ class Controller:
                 apply_s=applied_at - decided,
                 domains_read=self._read_counts[0],
                 domains_resynced=self._read_counts[1],
-                xenstore_reads=3 * self._read_counts[0] + 7 * self._read_counts[1],
+                xenstore_reads=self._reads,
             ),
         )
         for sink in self._sinks:
@@ -300,7 +343,7 @@ class Controller:
         for domid, exc in applied.errors.items():
             self._problems.problem(f"{domid}/apply", f"domain {domid}: write failed: {exc}")
             # Re-read this domain fully next cycle: our picture of it may be wrong.
-            self._resync_queue.insert(0, domid)
+            self._reread.add(domid)
         for domid in plan.write_order:
             if domid not in applied.errors:
                 self._problems.recovered(f"{domid}/apply")
@@ -322,15 +365,17 @@ class Controller:
 
     # ----------------------------------------------------------------- observe
 
-    async def _limited(self, coro: Awaitable[_T]) -> _T:
-        assert self._sem is not None
-        async with self._sem:
-            return await coro
-
     async def _observe(self) -> Snapshot:
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.settings.read_concurrency)
+        await asyncio.sleep(0)  # let watch events that have just arrived mark their domains
         now = self.now()
+        self._reads = 0
+        connects = getattr(self._xs, "connects", None)
+        if connects != self._connects:
+            # A new connection (the first one, or xenstored came back): whatever was
+            # read before may be gone or changed; read everything before deciding.
+            self._connects = connects
+            self._need_full_read = True
+            self._need_rescan = True
         host_task = asyncio.create_task(self._hv.host_memory())
         domains_task = asyncio.create_task(self._hv.domains())
         try:
@@ -339,12 +384,18 @@ class Controller:
                 self._first_rescan = False
                 self._last_rescan = now
                 self._need_rescan = False
-            full = self._need_full_read
-            to_read = set(self._views) if full else self._resync_slice(now)
-            dirty = (self._dirty | to_read) & set(self._views)
+            if self._need_full_read:
+                resync = set(self._views)
+                self._resync_queue.clear()
+                self._resync_credit = 0.0
+                self._resync_at = now
+            else:
+                resync = (self._resync_slice(now) | self._reread) & self._views.keys()
+            guests = (self._dirty | resync) & self._views.keys()
             self._dirty.clear()
-            self._read_counts = (len(dirty), len(to_read))
-            await self._read(to_read, dirty)
+            self._reread.clear()
+            self._read_counts = (len(guests), len(resync))
+            await self._read(resync, guests)
             self._need_full_read = False
             host = await host_task
             allocations = await domains_task
@@ -355,54 +406,115 @@ class Controller:
             for task in (host_task, domains_task):
                 if not task.done():
                     task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
+                with contextlib.suppress(BaseException):
+                    await task  # also retrieves an exception nobody awaited
         paused = [d for d, m in allocations.items() if m.paused]
         snapshot = build_snapshot(self.now(), host, self._views, allocations, paused)
+        self._last_snapshot, self._last_allocations = snapshot, allocations
         return snapshot
 
-    def _resync_slice(self, now: float) -> set[int]:
-        """The next slice of domains to re-read so all are read every resync_s."""
-        if not self._resync_queue:
-            self._resync_queue = sorted(self._views)
-            self._resync_started = now
-        cycles_per_resync = max(self.settings.resync_s / max(self._interval_s(), 0.1), 1.0)
-        size = max(1, int(len(self._views) / cycles_per_resync) + 1)
-        chunk, self._resync_queue = self._resync_queue[:size], self._resync_queue[size:]
-        return set(chunk)
+    async def _peek(self) -> bool:
+        """Read the guests whose ``~/data`` changed; True if a cycle must run now.
 
-    async def _read(self, dom0_domids: set[int], guest_domids: set[int]) -> None:
+        A cycle is needed at once when the law, given that VM alone (its new
+        report, the last cycle's allocation and host figures, the carried
+        state), wants a larger target than the current one: ``want_kb`` is
+        decided per VM before the host is shared, so it is the same as in the
+        full cycle that follows (tests/controller/test_peek.py holds the law to
+        that). Anything unusual runs the full cycle.
+        """
+        last, loaded = self._last_snapshot, self._loaded
+        if self._need_full_read or self._need_rescan or last is None or loaded is None:
+            return True
+        if getattr(self._xs, "connects", None) != self._connects:
+            return True
+        dirty = self._dirty & self._views.keys()
+        self._dirty -= dirty
+        if not dirty:
+            return False
+        before = {d: self._views[d] for d in dirty}
+        try:
+            self._reads = 0
+            await self._read(set(), dirty)
+        except XenstoreError:
+            self._dirty |= dirty
+            return True  # the cycle meets the error again, and says so
+        self._peeks += 1
         now = self.now()
-        dom0_reads = {
-            d: asyncio.ensure_future(self._limited(read_dom0_keys(self._xs, d)))
-            for d in dom0_domids
-        }
-        guest_reads = {
-            d: asyncio.ensure_future(self._limited(read_guest_keys(self._xs, d)))
-            for d in guest_domids
-        }
-        everything = [*dom0_reads.values(), *guest_reads.values()]
-        await asyncio.gather(*everything, return_exceptions=True)
-        for domid, fut in dom0_reads.items():
-            exc = fut.exception()
-            if isinstance(exc, XenstoreConnectionError):
-                raise exc
+        for domid in sorted(dirty):
+            view = self._views.get(domid)
+            if view is None or view is before[domid]:
+                continue  # gone, or nothing the law reads changed
+            memory = self._last_allocations.get(domid)
+            if memory is None:
+                return True
+            obs = observation(view, memory, now, domain_paused=memory.paused)
+            if obs is None:
+                continue  # no bounds: the cycle skips it as well
+            alone = Snapshot(now_s=now, host_total_kb=last.host_total_kb,
+                             host_free_kb=last.host_free_kb, vms=(obs,))  # fmt: skip
+            plan = decide(alone, loaded.policy, self._state)
+            for vm in plan.vms:
+                base = vm.previous_target_kb if vm.previous_target_kb is not None else vm.actual_kb
+                if vm.want_kb > base:
+                    return True
+        return False
+
+    def _resync_slice(self, now: float) -> set[int]:
+        """The domains due for a full re-read: ``len(views) * elapsed / resync_s`` of
+        them, round-robin, so each is re-read every ``resync_s`` however often cycles
+        run (a watch-woken cycle costs no more than its dirty domains)."""
+        elapsed = max(now - self._resync_at, 0.0) if self._resync_at is not None else 0.0
+        self._resync_at = now
+        total = len(self._views)
+        credit = self._resync_credit + total * elapsed / max(self.settings.resync_s, 1e-3)
+        count = int(min(credit, total))
+        self._resync_credit = min(credit - count, 1.0)
+        chunk: set[int] = set()
+        refilled = False
+        while len(chunk) < count:
+            if not self._resync_queue:
+                if refilled:
+                    break
+                self._resync_queue.extend(sorted(self._views))
+                refilled = True
+            domid = self._resync_queue.popleft()
+            if domid in self._views:
+                chunk.add(domid)
+        return chunk
+
+    async def _read(self, resync: set[int], guests: set[int]) -> None:
+        """Re-read the dom0-owned keys of ``resync`` and the guest keys of ``guests``."""
+        now = self.now()
+        dom0_order = sorted(resync)
+        guest_order = sorted(guests)
+        paths = [f"{home(d)}/{k}" for d in dom0_order for k in DOM0_KEYS]
+        paths += [f"{home(d)}/{k}" for d in guest_order for k in GUEST_KEYS]
+        self._reads += len(paths)
+        results = await read_paths(self._xs, paths, window=self.settings.read_concurrency)
+        lost = first_error(results)
+        if isinstance(lost, XenstoreConnectionError):
+            raise lost  # nothing of this cycle is applied: everything is read again
+        n_dom0, n_guest = len(DOM0_KEYS), len(GUEST_KEYS)
+        for i, domid in enumerate(dom0_order):
+            values = results[i * n_dom0:(i + 1) * n_dom0]
+            exc = first_error(values)
             if exc is not None:
                 self._problems.problem(f"{domid}/read", f"domain {domid}: read failed: {exc}")
                 continue
             if domid in self._views:
-                self._views[domid] = apply_dom0_keys(self._views[domid], fut.result())
-        for domid, gfut in guest_reads.items():
-            exc = gfut.exception()
-            if isinstance(exc, XenstoreConnectionError):
-                raise exc
+                self._views[domid] = apply_dom0_keys(self._views[domid], dom0_keys(_ok(values)))
+        offset = len(dom0_order) * n_dom0
+        for i, domid in enumerate(guest_order):
+            values = results[offset + i * n_guest:offset + (i + 1) * n_guest]
+            exc = first_error(values)
             if exc is not None:
                 self._problems.problem(f"{domid}/read", f"domain {domid}: read failed: {exc}")
                 continue
             self._problems.recovered(f"{domid}/read")
             if domid in self._views:
                 old = self._views[domid]
-                view = apply_guest_keys(old, gfut.result(), now)
+                view = apply_guest_keys(old, guest_keys(_ok(values)), now)
                 if view.report_error and view.report_raw != old.report_raw:
                     logged = self._problems.problem(
                         f"{domid}/report",
@@ -423,16 +535,20 @@ class Controller:
         for domid in sorted(set(self._views) - present):
             self._forget(domid)
         new = sorted(present - set(self._views))
-        keys = await asyncio.gather(
-            *(self._limited(read_dom0_keys(self._xs, d)) for d in new), return_exceptions=True
-        )
-        for domid, got in zip(new, keys, strict=True):
+        keys = (*DOM0_KEYS, *IDENTITY_KEYS)
+        paths = [f"{home(d)}/{k}" for d in new for k in keys]
+        results = await read_paths(self._xs, paths, window=self.settings.read_concurrency)
+        self._reads += len(paths) + 1
+        for i, domid in enumerate(new):
+            values = results[i * len(keys):(i + 1) * len(keys)]
+            got = first_error(values)
             if isinstance(got, XenstoreConnectionError):
                 raise got
-            if isinstance(got, BaseException):
+            if got is not None:
                 self._problems.problem(f"{domid}/new", f"domain {domid}: cannot read it: {got}")
                 continue
-            ident = identity(domid, got, allocations.get(domid))
+            found = dom0_keys(_ok(values[:len(DOM0_KEYS)]), _ok(values[len(DOM0_KEYS):]))
+            ident = identity(domid, found, allocations.get(domid))
             if ident is None:
                 self._problems.problem(
                     f"{domid}/new", f"domain {domid}: no uuid in the hypervisor or xenstore; "
@@ -443,7 +559,7 @@ class Controller:
             view = DomainView(
                 domid=domid, uuid=uuid, name=name, trust_first_report=not self._first_rescan
             )
-            self._views[domid] = apply_dom0_keys(view, got)
+            self._views[domid] = apply_dom0_keys(view, found)
             self._dirty.add(domid)
             self._watchers[domid] = asyncio.create_task(
                 self._watch_guest(domid), name=f"watch-domain-{domid}"
@@ -486,19 +602,16 @@ class Controller:
                         if path == ignore:
                             continue
                         self._dirty.add(domid)
-                        self._wake.set()
+                        self._changed.set()
             except XenstoreError:
                 await asyncio.sleep(1.0)
 
 
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, *, timeout_s: float) -> None:
-    """Return when ``stop`` or ``wake`` is set, or after ``timeout_s``."""
-    if stop.is_set() or wake.is_set():
+async def _wait_any(*events: asyncio.Event, timeout_s: float) -> None:
+    """Return when one of ``events`` is set, or after ``timeout_s``."""
+    if any(e.is_set() for e in events):
         return
-    waiters = [
-        asyncio.create_task(stop.wait(), name="wait-stop"),
-        asyncio.create_task(wake.wait(), name="wait-wake"),
-    ]
+    waiters = [asyncio.create_task(e.wait(), name="wait-event") for e in events]
     try:
         await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -506,3 +619,8 @@ async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, *, timeout_s: floa
             task.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
 
+
+
+def _ok(values: Sequence[ReadResult]) -> list[bytes | None]:
+    """``values`` once :func:`first_error` found no error among them."""
+    return [v for v in values if not isinstance(v, XenstoreError)]

@@ -19,14 +19,15 @@ import asyncio
 import logging
 import re
 import uuid as uuid_mod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Final, TypeAlias
 
 from agents.schema import InvalidDocument, Report, decode_directive, decode_report
 from orchestrator.control import Snapshot, VmObservation
 from orchestrator.hypervisor import DomainMemory, HostMemory
 from orchestrator.xenstore.client import XenstoreClient
-from orchestrator.xenstore.errors import NoEntryError, XenstoreError
+from orchestrator.xenstore.errors import NoEntryError, XenstoreConnectionError, XenstoreError
 
 log = logging.getLogger(__name__)
 
@@ -109,40 +110,87 @@ class Dom0Keys:
     directive: bytes | None
 
 
-async def _read_optional(xs: XenstoreClient, path: str) -> bytes | None:
+GUEST_KEYS: Final = (REPORT_KEY, MEMINFO_TOTAL_KEY, MEMINFO_FREE_KEY)
+"""Read for a domain whose ``~/data`` changed, and on every resync."""
+DOM0_KEYS: Final = (STATIC_MAX_KEY, TARGET_KEY, VIDEORAM_KEY, UNCOOPERATIVE_KEY, DIRECTIVE_KEY)
+"""Read when a domain is found and on every resync (the rolling re-read)."""
+IDENTITY_KEYS: Final = ("name", "vm")
+"""Read once, when a domain is found: they only name it."""
+
+ReadResult: TypeAlias = bytes | XenstoreError | None
+"""A value, None for a key that does not exist, or the error met reading it."""
+
+
+async def _read_result(xs: XenstoreClient, path: str) -> ReadResult:
     try:
         return await xs.read(path)
     except NoEntryError:
         return None
+    except XenstoreError as exc:
+        return exc
 
 
-async def read_guest_keys(xs: XenstoreClient, domid: int) -> GuestKeys:
-    """Read the guest-written keys of one domain (concurrently, pipelined)."""
-    base = home(domid)
-    report, total, free = await asyncio.gather(
-        _read_optional(xs, f"{base}/{REPORT_KEY}"),
-        _read_optional(xs, f"{base}/{MEMINFO_TOTAL_KEY}"),
-        _read_optional(xs, f"{base}/{MEMINFO_FREE_KEY}"),
-    )
+async def read_paths(
+    xs: XenstoreClient, paths: Sequence[str], *, window: int = 512
+) -> list[ReadResult]:
+    """Read every path, pipelined, at most ``window`` requests in flight.
+
+    One result per path, in order: an error is returned, not raised, so that
+    one domain's failure never hides the others' values.
+    """
+    results: list[ReadResult] = []
+    for start in range(0, len(paths), max(window, 1)):
+        chunk = paths[start:start + window]
+        results.extend(await asyncio.gather(*(_read_result(xs, p) for p in chunk)))
+    return results
+
+
+def first_error(values: Sequence[ReadResult]) -> XenstoreError | None:
+    """The first error among ``values``, preferring a lost connection."""
+    errors = [v for v in values if isinstance(v, XenstoreError)]
+    for exc in errors:
+        if isinstance(exc, XenstoreConnectionError):
+            return exc
+    return errors[0] if errors else None
+
+
+def guest_keys(values: Sequence[bytes | None]) -> GuestKeys:
+    """The values of :data:`GUEST_KEYS`, in that order."""
+    report, total, free = values
     return GuestKeys(report=report, meminfo_total=total, meminfo_free=free)
 
 
-async def read_dom0_keys(xs: XenstoreClient, domid: int) -> Dom0Keys:
-    """Read the dom0-owned keys of one domain (concurrently, pipelined)."""
-    base = home(domid)
-    values = await asyncio.gather(
-        _read_optional(xs, f"{base}/name"),
-        _read_optional(xs, f"{base}/vm"),
-        _read_optional(xs, f"{base}/{STATIC_MAX_KEY}"),
-        _read_optional(xs, f"{base}/{TARGET_KEY}"),
-        _read_optional(xs, f"{base}/{VIDEORAM_KEY}"),
-        _read_optional(xs, f"{base}/{UNCOOPERATIVE_KEY}"),
-        _read_optional(xs, f"{base}/{DIRECTIVE_KEY}"),
-    )
+def dom0_keys(
+    values: Sequence[bytes | None], identity: Sequence[bytes | None] = (None, None)
+) -> Dom0Keys:
+    """The values of :data:`DOM0_KEYS` (and :data:`IDENTITY_KEYS`), in that order."""
+    static_max, target, videoram, uncooperative, directive = values
+    name, vm = identity
     return Dom0Keys(
-        name=values[0], vm=values[1], static_max=values[2], target=values[3],
-        videoram=values[4], uncooperative=values[5], directive=values[6],
+        name=name, vm=vm, static_max=static_max, target=target, videoram=videoram,
+        uncooperative=uncooperative, directive=directive,
     )
+
+
+def _values(results: Sequence[ReadResult]) -> list[bytes | None]:
+    exc = first_error(results)
+    if exc is not None:
+        raise exc
+    return [r for r in results if not isinstance(r, XenstoreError)]
+
+
+async def read_guest_keys(xs: XenstoreClient, domid: int) -> GuestKeys:
+    """Read the guest-written keys of one domain (pipelined)."""
+    base = home(domid)
+    return guest_keys(_values(await read_paths(xs, [f"{base}/{k}" for k in GUEST_KEYS])))
+
+
+async def read_dom0_keys(xs: XenstoreClient, domid: int) -> Dom0Keys:
+    """Read the dom0-owned keys of one domain, with its name and ``vm`` path (pipelined)."""
+    base = home(domid)
+    keys = (*DOM0_KEYS, *IDENTITY_KEYS)
+    values = _values(await read_paths(xs, [f"{base}/{k}" for k in keys]))
+    return dom0_keys(values[: len(DOM0_KEYS)], values[len(DOM0_KEYS):])
 
 
 def identity(
@@ -313,6 +361,9 @@ class LogOnce:
 
 
 __all__ = [
+    "DOM0_KEYS",
+    "GUEST_KEYS",
+    "IDENTITY_KEYS",
     "Dom0Keys",
     "DomainView",
     "GuestKeys",
@@ -321,6 +372,9 @@ __all__ = [
     "apply_dom0_keys",
     "apply_guest_keys",
     "build_snapshot",
+    "dom0_keys",
+    "first_error",
+    "guest_keys",
     "home",
     "identity",
     "list_domids",
@@ -328,4 +382,5 @@ __all__ = [
     "parse_kb",
     "read_dom0_keys",
     "read_guest_keys",
+    "read_paths",
 ]

@@ -30,11 +30,19 @@ pyxs 0.4.1 that would hang or spin the controller:
 pyxs also sends with a blocking ``sendall`` from the caller's thread and does
 not know DIRECTORY_PART; sends here are non-blocking on sockets, and large
 directories are listed with DIRECTORY_PART.
+
+Per request, pyxs makes two ``recv`` calls and one thread hand-off, and a
+send is one more system call: a controller reading thousands of keys a cycle
+would spend most of its time there. On a socket, every request made in one
+turn of the event loop goes out in one ``send``; the router reads whatever has
+arrived in one ``recv`` and hands all of it to the event loop in one
+``call_soon_threadsafe`` (bench/controller.py measures both).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -58,6 +66,7 @@ from orchestrator.xenstore import paths, wire
 from orchestrator.xenstore.errors import (
     ConflictError,
     InvalidRequestError,
+    OversizedPacketError,
     XenstoreConnectionError,
     XenstoreError,
     XenstoreTimeoutError,
@@ -76,6 +85,8 @@ DOM0_SOCKET = "/run/xenstored/socket"
 XENBUS_DEVICE = "/dev/xen/xenbus"
 
 _TOKENS = itertools.count(1)
+# Bytes the router reads at once: dozens of replies per system call.
+_RECV_CHUNK = 256 * 1024
 
 
 # --- the interface the rest of Ballast depends on -------------------------------------
@@ -240,16 +251,28 @@ class _Waiter:
 
 
 class _EventSink:
-    """Stands where pyxs puts a Monitor; ``events.put`` is all the router calls."""
+    """Stands where pyxs puts a Monitor; ``events.put`` is all pyxs's router calls.
 
-    __slots__ = ("_deliver", "events")
+    ``local`` takes an event inside the event loop; Ballast's router batches
+    calls to it, ``put`` hands over a single event from another thread.
+    """
 
-    def __init__(self, deliver: Callable[[Any], None]) -> None:
+    __slots__ = ("events", "local", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, local: Callable[[Any], None]) -> None:
         self.events = self
-        self._deliver = deliver
+        self.loop = loop
+        self.local = local
 
-    def put(self, event: Any) -> None:  # called by the router thread
-        self._deliver(event)
+    def put(self, event: Any) -> None:  # called by a router thread
+        with suppress(RuntimeError):  # the loop is already closed
+            self.loop.call_soon_threadsafe(self.local, event)
+
+
+def _run_batch(batch: list[tuple[Callable[[Any], None], Any]]) -> None:
+    """In the event loop: hand replies and events to their owners, in arrival order."""
+    for handler, item in batch:
+        handler(item)
 
 
 class _TolerantPackets:
@@ -277,7 +300,24 @@ class _TolerantPackets:
 
 
 class _SocketConnection(_TolerantPackets, UnixSocketConnection):  # type: ignore[misc]
-    pass
+    _decoder: wire.Decoder | None = None
+
+    def recv_batch(self) -> list[Any]:
+        """Every whole message readable now, from one ``recv`` (poll said readable)."""
+        if self.transport is None:
+            raise pyxs.ConnectionError("not connected")
+        if self._decoder is None:
+            self._decoder = wire.Decoder()
+        try:
+            data = self.transport.sock.recv(_RECV_CHUNK)
+            if not data:
+                raise ConnectionResetError("xenstored closed the connection")
+            packets = self._decoder.feed(data)
+        except (OSError, OversizedPacketError) as exc:
+            self.close()
+            raise pyxs.ConnectionError(f"error while reading from {self.path!r}: {exc}") from exc
+        make = _PyxsPacket._make  # not its constructor, which refuses newer message types
+        return [make((p.op, p.req_id, p.tx_id, len(p.payload), p.payload)) for p in packets]
 
 
 class _XenBusConnection(_TolerantPackets, XenBusConnection):  # type: ignore[misc]
@@ -291,12 +331,20 @@ class _Router(pyxs.Router):  # type: ignore[misc]
     from 1024 on: in a process holding many connections (the simulator, a
     controller of a thousand guests) it could never connect. The loop below
     keeps pyxs's dispatch: replies go to the waiter registered under their
-    request id, watch events to whatever subscribed to their token.
+    request id, watch events to whatever subscribed to their token. On a
+    socket it reads everything that has arrived at once, and hands each batch
+    to the event loop in one call.
     """
 
-    def __init__(self, connection: Any, on_exit: Callable[[BaseException | None], None]) -> None:
+    def __init__(
+        self,
+        connection: Any,
+        on_exit: Callable[[BaseException | None], None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         super().__init__(connection)
         self._on_exit = on_exit
+        self._loop = loop
         self.thread.name = "pyxs-router"
 
     def __call__(self) -> None:
@@ -316,22 +364,45 @@ class _Router(pyxs.Router):  # type: ignore[misc]
         poller.register(self.connection.fileno(), select.POLLIN)
         stop_fd = self.r_terminator.fileno()
         poller.register(stop_fd, select.POLLIN)
+        recv_batch = getattr(self.connection, "recv_batch", None)
         while True:
             ready = {fd for fd, _mask in poller.poll()}
             if stop_fd in ready:
                 return
-            packet = self.connection.recv()
-            if packet.op == Op.WATCH_EVENT:
-                parts = packet.payload.split(b"\0")
-                if len(parts) >= 2:
-                    event = _PyxsEvent(parts[0], parts[1])
-                    for monitor in list(self.monitors.get(event.token, ())):
-                        monitor.events.put(event)
-                continue
-            waiter = self.rvars.pop(packet.rq_id, None)
-            if waiter is None:
-                raise pyxs.UnexpectedPacket(packet)
-            waiter.set(packet)
+            self._dispatch(recv_batch() if recv_batch is not None else [self.connection.recv()])
+
+    def _dispatch(self, packets: list[Any]) -> None:
+        batch: list[tuple[Callable[[Any], None], Any]] = []
+        try:
+            for packet in packets:
+                if packet.op == Op.WATCH_EVENT:
+                    parts = packet.payload.split(b"\0")
+                    if len(parts) >= 2:
+                        event = _PyxsEvent(parts[0], parts[1])
+                        for monitor in list(self.monitors.get(event.token, ())):
+                            if isinstance(monitor, _EventSink):
+                                batch.append((monitor.local, event))
+                            else:
+                                monitor.events.put(event)
+                    continue
+                waiter = self.rvars.pop(packet.rq_id, None)
+                if waiter is None:
+                    raise pyxs.UnexpectedPacket(packet)
+                if isinstance(waiter, _Waiter):
+                    batch.append((waiter._resolve, packet))
+                else:
+                    waiter.set(packet)
+        finally:
+            if batch:
+                with suppress(RuntimeError):  # the loop is already closed
+                    self._loop.call_soon_threadsafe(_run_batch, batch)
+
+
+@functools.lru_cache(maxsize=16384)
+def _path_bytes(path: str) -> bytes:
+    """A valid path as sent, NUL-terminated; cached, as the controller reads the same
+    keys of every domain again and again (an invalid path raises and is not cached)."""
+    return paths.validate_path(path).encode("ascii") + b"\0"
 
 
 def _expire(future: asyncio.Future[Any]) -> None:
@@ -355,6 +426,15 @@ class _Link:
         self.pending: dict[int, _Waiter] = {}
         self.ids = itertools.count(1)
         self.send_lock = asyncio.Lock()
+        # Socket sends: requests queued in this turn of the loop go out together.
+        self._out = bytearray()
+        self._out_futures: deque[tuple[int, asyncio.Future[Any]]] = deque()
+        """(end offset in the stream, reply future) of requests not completely sent."""
+        self._out_total = 0
+        """Bytes sent on this connection so far."""
+        self._flushing = False
+        """A flush is scheduled, or the socket's writability is being watched."""
+        self._writing = False
 
     def open_blocking(self) -> None:
         """Connect and start the router thread (runs in a worker thread)."""
@@ -368,7 +448,7 @@ class _Link:
             sock.settimeout(self.client.settings.timeout_s)
             self.send_sock = socket.socket(fileno=os.dup(sock.fileno()))
             self.send_sock.setblocking(False)
-        self.router = _Router(connection, self._router_exit)
+        self.router = _Router(connection, self._router_exit, self.loop)
         self.alive = True
         self.router.thread.start()
 
@@ -379,6 +459,7 @@ class _Link:
     def close(self) -> None:
         """Stop the router thread without waiting for it (it may be stuck in a read)."""
         was_alive, self.alive = self.alive, False
+        self._drop_unsent("connection to xenstored lost")
         for waiter in self.pending.values():
             if not waiter.future.done():
                 waiter.future.set_exception(
@@ -398,6 +479,60 @@ class _Link:
             self.send_sock.close()
             self.send_sock = None
 
+    def _drop_unsent(self, why: str) -> None:
+        """Fail the requests that never completely left: they may be sent again elsewhere
+        (xenstored drops a partial message with its connection)."""
+        if self._writing and self.send_sock is not None:
+            with suppress(ValueError, OSError):
+                self.loop.remove_writer(self.send_sock.fileno())
+        self._writing = False
+        for _end, future in self._out_futures:
+            if not future.done():
+                future.set_exception(_NotSent("ECONNRESET", detail=why))
+        self._out_futures.clear()
+        self._out.clear()
+
+    def _queue(self, data: bytes, future: asyncio.Future[Any]) -> None:
+        """Queue one request on the socket; it leaves with the others of this loop turn."""
+        if not self.alive:
+            raise _NotSent("ECONNRESET", detail="connection to xenstored lost")
+        self._out += data
+        self._out_futures.append((self._out_total + len(self._out), future))
+        if not self._flushing:
+            self._flushing = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        sock = self.send_sock
+        if not self.alive or sock is None:
+            self._flushing = False
+            return
+        try:
+            sent = sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._flushing = False
+            self._drop_unsent(str(exc))
+            self.client._link_failed(self)
+            return
+        if sent:
+            del self._out[:sent]
+            self._out_total += sent
+            futures = self._out_futures
+            while futures and futures[0][0] <= self._out_total:
+                futures.popleft()
+        if self._out:
+            # The daemon is not reading fast enough: go on when the socket has room.
+            if not self._writing:
+                self.loop.add_writer(sock.fileno(), self._flush)
+                self._writing = True
+            return
+        if self._writing:
+            self.loop.remove_writer(sock.fileno())
+            self._writing = False
+        self._flushing = False
+
     async def call(
         self, op: int, payload: bytes, *, tx_id: int, deadline: float, what: tuple[str, str]
     ) -> bytes:
@@ -408,18 +543,28 @@ class _Link:
         self.pending[req_id] = waiter
         self.router.rvars[req_id] = waiter  # before sending: the reply may come at once
         opname, path = what
+        data = wire.encode(wire.Packet(op, req_id, tx_id, payload))
         try:
-            try:
-                await self._send(wire.encode(wire.Packet(op, req_id, tx_id, payload)), deadline)
-            except (OSError, pyxs.PyXSError, XenstoreConnectionError) as exc:
-                # Nothing reached the daemon (it drops partial messages with the
-                # connection), so the request may safely go out again on a new one.
-                self.client._link_failed(self)
-                raise _NotSent("ECONNRESET", op=opname, path=path, detail=str(exc)) from exc
+            if self.send_sock is not None:
+                try:
+                    self._queue(data, future)
+                except _NotSent as exc:
+                    self.client._link_failed(self)
+                    raise _NotSent("ECONNRESET", op=opname, path=path, detail=exc.detail) from exc
+            else:
+                try:
+                    await self._send(data, deadline)
+                except (OSError, pyxs.PyXSError, XenstoreConnectionError) as exc:
+                    # Nothing reached the daemon (it drops partial messages with the
+                    # connection), so the request may safely go out again on a new one.
+                    self.client._link_failed(self)
+                    raise _NotSent("ECONNRESET", op=opname, path=path, detail=str(exc)) from exc
             # A timer on the future itself: cheaper than wait_for on this hot path.
             timer = self.loop.call_at(deadline, _expire, future)
             try:
                 reply = await future
+            except _NotSent as exc:  # the queued request never left (see _drop_unsent)
+                raise _NotSent("ECONNRESET", op=opname, path=path, detail=exc.detail) from None
             finally:
                 timer.cancel()
         except TimeoutError:
@@ -449,21 +594,10 @@ class _Link:
         return payload_in
 
     async def _send(self, data: bytes, deadline: float) -> None:
+        """Send on the xenbus device (sockets go through :meth:`_queue`)."""
         if not self.alive:
             raise XenstoreConnectionError("ECONNRESET", detail="connection to xenstored lost")
         async with self.send_lock:
-            sock = self.send_sock
-            if sock is not None:
-                try:
-                    sent = sock.send(data)
-                except BlockingIOError:
-                    sent = 0
-                if sent < len(data):
-                    await asyncio.wait_for(
-                        self.loop.sock_sendall(sock, data[sent:]),
-                        max(deadline - self.loop.time(), 0.0),
-                    )
-                return
             # The xenbus device: pyxs writes it with blocking os.write calls.
             transport = self.router.connection.transport
             if transport is None:
@@ -755,7 +889,7 @@ class PyxsClient:
 
     @staticmethod
     def _path(path: str) -> bytes:
-        return paths.validate_path(path).encode("ascii") + b"\0"
+        return _path_bytes(path)
 
     async def _read(self, path: str, tx: _TransactionOps | None = None) -> bytes:
         return await self._call(Op.READ, self._path(path), path, tx)
@@ -888,13 +1022,11 @@ class PyxsClient:
     async def _send_watch(self, link: _Link, watch: _Watch) -> None:
         loop = asyncio.get_running_loop()
 
-        def deliver(event: Any) -> None:  # router thread
-            path = event.path.decode("latin-1")
-            with suppress(RuntimeError):
-                loop.call_soon_threadsafe(watch._deliver, path)
+        def deliver(event: Any) -> None:  # in the event loop
+            watch._deliver(event.path.decode("latin-1"))
 
         token = watch.token.encode("ascii")
-        link.router.subscribe(token, _EventSink(deliver))
+        link.router.subscribe(token, _EventSink(loop, deliver))
         payload = wire.join_strings(watch.path, watch.token)
         deadline = loop.time() + self.settings.timeout_s
         await link.call(Op.WATCH, payload, tx_id=0, deadline=deadline, what=("WATCH", watch.path))

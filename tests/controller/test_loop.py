@@ -102,6 +102,7 @@ async def test_restarted_controller_holds_targets_until_a_fresh_report(sim_host:
         assert vm.state is VmState.STALE and not vm.write
         assert await sim_host.target(1) == target_before
     await sim_host.report(1, make_report(seq=10, total_kb=4 * GIB_KB, committed_kb=GIB_KB))
+    await asyncio.sleep(0.1)  # the watch marks the domain dirty (and would wake run())
     result = await _cycle(second, sim_host, clock)
     assert result is not None and result.plan.vm(1).state is VmState.OK
 
