@@ -66,6 +66,9 @@ class LoopSettings:
     """The domain list is re-read at least this often, seconds."""
     read_concurrency: int = 512
     """Most xenstore reads in flight at once."""
+    time_scale: float = 1.0
+    """Seconds of the controller's clock per wall second: every wait is divided
+    by it (``ballast sim`` runs the clock ``speed`` times the wall clock)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -249,7 +252,8 @@ class Controller:
             while not stop.is_set():
                 now = self.now()
                 if now < next_cycle and not self._wake.is_set() and not self._changed.is_set():
-                    await _wait_any(stop, self._wake, self._changed, timeout_s=next_cycle - now)
+                    await _wait_any(stop, self._wake, self._changed,
+                                    timeout_s=(next_cycle - now) / self.settings.time_scale)
                     continue
                 self._changed.clear()
                 full = self._wake.is_set() or now >= next_cycle or await self._peek()
@@ -257,7 +261,8 @@ class Controller:
                     continue
                 gap = last_start + self.settings.min_gap_s - self.now()
                 if gap > 0:
-                    await asyncio.sleep(gap)  # floods of wake-ups coalesce
+                    # floods of wake-ups coalesce
+                    await asyncio.sleep(gap / self.settings.time_scale)
                 last_start = self.now()
                 self._wake.clear()
                 await self.run_cycle()
