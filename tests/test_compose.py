@@ -29,7 +29,6 @@ CLI_USAGE_ERROR: type[Exception] = next(
     cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError"
 )
 ROOT_COMMAND = typer.main.get_command(app)
-SIM_REGISTERED = "sim" in getattr(ROOT_COMMAND, "commands", {})
 
 
 def parse_command_line(argv: list[str]) -> list[str]:
@@ -130,10 +129,6 @@ def test_command_is_accepted_by_the_cli(service: str, command: list[str]) -> Non
 
 
 @pytest.mark.parametrize("service", SIM_SERVICES)
-@pytest.mark.xfail(
-    not SIM_REGISTERED, strict=True, raises=CLI_USAGE_ERROR,
-    reason="`ballast sim` is not registered yet (issue 7); this must pass once it is",
-)
 def test_simulated_host_command_is_accepted_by_the_cli(service: str) -> None:
     argv = _ballast_services()[service]
     assert parse_command_line(argv) == ["sim"]

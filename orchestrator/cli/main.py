@@ -61,6 +61,7 @@ from orchestrator.cli import fleet as fleet_cmd  # noqa: E402
 from orchestrator.cli import history as history_cmd  # noqa: E402
 from orchestrator.cli import policy as policy_cmd  # noqa: E402
 from orchestrator.cli import run as run_cmd  # noqa: E402
+from orchestrator.cli import sim as sim_cmd  # noqa: E402
 from orchestrator.cli import status as status_cmd  # noqa: E402
 from orchestrator.cli import xenstored as xenstored_cmd  # noqa: E402
 
@@ -78,6 +79,7 @@ app.add_typer(db_cmd.app, name="db")
 app.command("xenstored")(xenstored_cmd.xenstored)
 app.command("agent")(agent_cmd.agent)
 app.add_typer(bench_cmd.app, name="bench")
+app.command("sim")(sim_cmd.sim)
 
 
 def main() -> None:
