@@ -163,8 +163,9 @@ class StoreConfig:
     default interval), used to estimate a raw query's size."""
     rollup_grace_s: float = 120.0
     """A bucket is rolled up once it closed this long ago (late writes)."""
-    rollup_chunk_s: float = 3600.0
-    """Span of buckets rolled up per step when catching up."""
+    rollup_chunk_s: float = 86400.0
+    """Longest span of buckets rolled up per step (`rollup_rows_per_tx`
+    usually bounds it first)."""
     rollup_rows_per_tx: int = 50_000
     """About how many raw samples one rollup transaction reads: a chunk of a
     large fleet is split by VMs so the write lock is never held for long."""

@@ -142,7 +142,7 @@ _offsets = st.lists(st.integers(0, 3 * 3600 * 1000), min_size=1, max_size=60, un
 
 
 @settings(
-    max_examples=12,
+    max_examples=10,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -203,8 +203,8 @@ def test_rollups_are_incremental_and_catch_up(store: Store, clock: FakeClock) ->
 
 
 def test_large_fleet_rollups_are_split_by_vm(migrated_url: URL, clock: FakeClock) -> None:
-    # 100 raw samples per transaction: each VM's hour (720 samples) alone.
-    config = StoreConfig(host="h1", rollup_rows_per_tx=100)
+    # 700 raw samples per transaction: each VM's hour (720 samples) alone.
+    config = StoreConfig(host="h1", rollup_rows_per_tx=700)
     with open_store(migrated_url, config=config, clock=clock) as store:
         vms = [vm(i) for i in range(5)]
         written = {
