@@ -11,6 +11,7 @@ and any working directory.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,9 +50,15 @@ def alembic_config() -> Config:
     return cfg
 
 
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    # The migration scripts do not change while the process runs.
+    return ScriptDirectory.from_config(alembic_config())
+
+
 def head_revision() -> str:
     """The newest revision this code knows."""
-    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    heads = _scripts().get_heads()
     if len(heads) != 1:
         raise SchemaMismatch(f"migration scripts have {len(heads)} heads, expected one")
     return heads[0]
@@ -77,7 +84,7 @@ class SchemaStatus:
 
 
 def _status_of(conn: Connection, database: str) -> SchemaStatus:
-    script = ScriptDirectory.from_config(alembic_config())
+    script = _scripts()
     heads = script.get_heads()
     if len(heads) != 1:
         raise SchemaMismatch(f"migration scripts have {len(heads)} heads, expected one")

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import URL
 
 from orchestrator.store import DomainRef, Sample, Store, StoreConfig, migrate, open_store
 from orchestrator.store.engine import resolve_db_url
@@ -43,17 +42,23 @@ class FakeClock:
         self.t += seconds
 
 
-def _pg_schema_url(base: str) -> Iterator[URL]:
+@pytest.fixture(scope="session")
+def pg_admin(postgres_url: str) -> Iterator[Engine]:
+    """One pooled engine that creates and drops the per-test schemas."""
+    engine = create_engine(postgres_url, pool_size=1)
+    yield engine
+    engine.dispose()
+
+
+def _pg_schema_url(admin: Engine) -> Iterator[URL]:
     schema = f"t_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(base, poolclass=NullPool)
     with admin.begin() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
     try:
-        yield make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield admin.url.update_query_dict({"options": f"-csearch_path={schema}"})
     finally:
         with admin.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -62,13 +67,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
     if request.param == "sqlite":
         yield resolve_db_url(str(tmp_path / "ballast.db"))
         return
-    yield from _pg_schema_url(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-def pg_url(postgres_url: str) -> Iterator[URL]:
-    """A fresh PostgreSQL schema (for tests that only make sense there)."""
-    yield from _pg_schema_url(postgres_url)
+    yield from _pg_schema_url(request.getfixturevalue("pg_admin"))
 
 
 @pytest.fixture
@@ -108,12 +107,10 @@ def migrated_url(request: pytest.FixtureRequest, db_url: URL) -> URL:
         assert db_url.database is not None
         shutil.copy(request.getfixturevalue("sqlite_template"), db_url.database)
         return db_url
-    engine = create_engine(db_url, poolclass=NullPool)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(request.getfixturevalue("postgres_upgrade_sql"))
-    finally:
-        engine.dispose()
+    schema = db_url.query["options"].removeprefix("-csearch_path=")
+    with request.getfixturevalue("pg_admin").begin() as conn:
+        conn.exec_driver_sql(f'SET LOCAL search_path = "{schema}"')
+        conn.exec_driver_sql(request.getfixturevalue("postgres_upgrade_sql"))
     return db_url
 
 
