@@ -351,7 +351,7 @@ async def run_sim(
         await _lay_out(server, domains)
         host = HostProcess(
             HostConfig(
-                scenario=settings.scenario.source,
+                scenario=str(Path(settings.scenario.source).absolute()),
                 speed=settings.speed,
                 xenstore_dir=str(xs_dir),
                 control=str(directory / "host.sock"),
