@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -38,17 +37,21 @@ CONFIG_PATH = "/etc/ballast/ballast.toml"
 DB_PATH = "/var/lib/ballast/ballast.db"
 KIB_PER_MIB = 1024
 
-# The workload guests: boot size and ceiling (MiB). Three guests of 256 MiB
-# that may each grow to 768 MiB on a host with about 1.2 GiB for guests:
-# one guest alone can grow a lot, all three together cannot.
-GUESTS = {"g1": (256, 768), "g2": (256, 768), "g3": (256, 768)}
+# The workload guests: boot size and ceiling (MiB). They boot at their
+# ceiling and Ballast balloons them down to what they need: a PV guest of
+# this kernel did not grow past its boot size here (a target above it left
+# the balloon where it was and stalled the guest's xenstore traffic; see
+# docs/e2e-xen.md). About 1.3 GiB is left for guests, the conformance guest
+# included; with the free margin below, one guest can have its ceiling, all
+# three cannot.
+GUESTS = {"g1": (352, 352), "g2": (352, 352), "g3": (352, 352)}
 CONF_GUEST = ("xsconf", 160)
 # Controller pacing for the run (host policy): short, so the law's steps can
 # be watched in seconds rather than minutes.
 INTERVAL_S = 2
 STALE_S = 10
 DEAD_S = 30
-FREE_MARGIN_MIB = 64
+FREE_MARGIN_MIB = 320
 
 
 def say(line: str) -> None:
@@ -264,7 +267,9 @@ def guest_config(name: str, memory_mib: int, maxmem_mib: int, role: str) -> str:
         f.write(
             f'name = "{name}"\ntype = "pv"\nkernel = "{GUEST_KERNEL}"\n'
             f'ramdisk = "{GUEST_INITRD}"\n'
-            f'extra = "console=hvc0 quiet loglevel=1 e2e.role={role}"\n'
+            # Kernel warnings reach the workload guests' console logs; the
+            # conformance guest's console carries its observations, so quiet.
+            f'extra = "console=hvc0 loglevel={1 if role == "conf" else 4} e2e.role={role}"\n'
             f"memory = {memory_mib}\nmaxmem = {maxmem_mib}\nvcpus = 1\n"
             'on_crash = "preserve"\n'
         )
@@ -517,17 +522,23 @@ class Scenario:
         t0 = self.targets()[g] or 0
         m0 = self.guest_mib(g)
         own0 = self.xs.state(domid).get("mem_total_kb") or 0
-        self.xs.ctl(domid, alloc_mib=320)
-        t_up = wait_for("g1's memory/target to rise by 200 MiB",
-                        lambda: (t := self.targets()[g]) and t >= t0 + 200 * KIB_PER_MIB and t,
+        self.xs.ctl(domid, alloc_mib=200)
+        t_up = wait_for("g1's memory/target to rise by 120 MiB",
+                        lambda: (t := self.targets()[g]) and t >= t0 + 120 * KIB_PER_MIB and t,
                         timeout_s=90)
-        wait_for("xl list to show g1 grown by 150 MiB",
-                 lambda: self.guest_mib(g) >= m0 + 150, timeout_s=90)
-        wait_for("g1's own MemTotal to grow by 150 MiB",
-                 lambda: (self.xs.state(domid).get("mem_total_kb") or 0)
-                 >= own0 + 150 * KIB_PER_MIB, timeout_s=90)
-        wait_for("g1 to hold its 320 MiB", lambda: self.xs.state(domid).get("touched_mib", 0)
-                 >= 300, timeout_s=90)
+        try:
+            wait_for("xl list to show g1 grown by 100 MiB",
+                     lambda: self.guest_mib(g) >= m0 + 100, timeout_s=90)
+            wait_for("g1's own MemTotal to grow by 100 MiB",
+                     lambda: (self.xs.state(domid).get("mem_total_kb") or 0)
+                     >= own0 + 100 * KIB_PER_MIB, timeout_s=90)
+        except CheckFailed as exc:
+            raise CheckFailed(f"{exc}: target {self.targets()[g]} kB, xl list "
+                              f"{self.guest_mib(g)} MiB (was {m0}), Xen free "
+                              f"{xl_info().get('free_memory')} MiB, guest sees "
+                              f"{self.xs.state(domid)}") from None
+        wait_for("g1 to hold its 200 MiB", lambda: self.xs.state(domid).get("touched_mib", 0)
+                 >= 190, timeout_s=90)
         m_up = self.guest_mib(g)
         own_up = self.xs.state(domid).get("mem_total_kb")
         peak = max(self.targets()[g] or 0, t_up)
@@ -549,18 +560,18 @@ class Scenario:
                               f"(targets {seen})")
         wait_for("xl list to show g1 shrinking", lambda: self.guest_mib(g) < m_up - 20,
                  timeout_s=30)
-        return (f"target {t0} -> {t_up} kB on allocating 320 MiB (xl list {m0} -> {m_up} MiB, "
+        return (f"target {t0} -> {t_up} kB on allocating 200 MiB (xl list {m0} -> {m_up} MiB, "
                 f"guest MemTotal {own0} -> {own_up} kB); on freeing, targets {seen}")
 
     # 3
     def policy_cap(self) -> str:
         self.require_controller()
         g, domid = "g2", self.domids["g2"]
-        cap_mib = 320
-        self.xs.ctl(domid, alloc_mib=480)
+        cap_mib = 224
+        self.xs.ctl(domid, alloc_mib=256)
         wait_for("g2's demand to show in its report",
                  lambda: ((self.xs.report(domid) or {}).get("committed_as_kb") or 0)
-                 > (cap_mib + 100) * KIB_PER_MIB, timeout_s=60)
+                 > (cap_mib + 40) * KIB_PER_MIB, timeout_s=60)
         must(["ballast", "policy", "set", g, "--max", f"{cap_mib}M"])
         wait_for(f"g2's target to be capped at {cap_mib} MiB",
                  lambda: (t := self.targets()[g]) is not None and t <= cap_mib * KIB_PER_MIB,
@@ -580,14 +591,14 @@ class Scenario:
     # 4
     def arbitration(self) -> str:
         self.require_controller()
-        mins = {"g1": 200, "g2": 200, "g3": 200}
+        mins = {"g1": 128, "g2": 128, "g3": 128}
         weights = {"g1": 100, "g2": 400, "g3": 100}
         ceiling = {g: top for g, (_, top) in GUESTS.items()}  # lifts check 3's cap
         set_policies([["ballast", "policy", "set", g, "--min", f"{mins[g]}M",
                        "--weight", str(weights[g]), "--max", f"{ceiling[g]}M"]
                       for g in self.domids])
         for domid in self.domids.values():
-            self.xs.ctl(domid, alloc_mib=544)
+            self.xs.ctl(domid, alloc_mib=256)
         problems: list[str] = []
         sample: dict[str, int | None] = {}
         free_mib = -1
@@ -605,7 +616,7 @@ class Scenario:
                 problems.append("weight 400 has no more above its minimum than weight 100: "
                                 f"{above} kB")
             # Short host: what Xen has left is about the margin Ballast keeps.
-            if free_mib > FREE_MARGIN_MIB + 96:
+            if free_mib > FREE_MARGIN_MIB + 64:
                 problems.append(f"host not short: {free_mib} MiB still free in Xen")
             return not problems
 
@@ -717,8 +728,10 @@ def main() -> int:
             BUDGET.deadline = time.time() + 300
     os.makedirs(args.results, exist_ok=True)
     results = Results(args.results)
-    results.note(f"xenstored: {args.xenstored}; " + re.sub(r"\s+", " ", run(
-        ["xl", "info"]).stdout.split("xen_commandline")[0])[-160:])
+    info = xl_info()
+    results.note(f"xenstored: {args.xenstored}; Xen {info.get('xen_version')}, "
+                 f"{info.get('total_memory')} MiB total, {info.get('free_memory')} MiB free, "
+                 f"{info.get('nr_cpus')} CPUs")
 
     creating: dict[str, subprocess.Popen[str]] = {}
     if args.scenario in ("full", "conformance"):
