@@ -107,6 +107,13 @@ class Report:
     """workingset_refault_file (or the older workingset_refault), cumulative."""
     balloon_current_kb: int | None = None
     """The balloon driver's current_kb, where the guest exposes it."""
+    active_file_kb: int | None = None
+    """Active(file) from /proc/meminfo: page cache on the kernel's active list.
+    Optional: agents before it leave it out, and controllers before it ignore it
+    as an unknown field. An estimate of the hot cache that errs high: pages stay
+    on the active list until reclaim ages them, so it also counts cache that is
+    no longer touched (under reclaim it can miss hot pages passing through the
+    inactive list)."""
     directive_ack: DirectiveAck | None = None
     """Outcome of the last swap-shrink directive the agent acted on."""
 
@@ -150,6 +157,7 @@ _REPORT_SPEC: Final[dict[str, _Spec]] = {
     "refault_anon": ("int", 0, MAX_COUNTER, False),
     "refault_file": ("int", 0, MAX_COUNTER, False),
     "balloon_current_kb": ("int", 0, MAX_MEMORY_KB, False),
+    "active_file_kb": ("int", 0, MAX_MEMORY_KB, False),
 }
 assert set(_REPORT_SPEC) | {"directive_ack"} == {f.name for f in fields(Report)}
 
@@ -262,6 +270,8 @@ def decode_report(raw: bytes) -> Report:
         raise InvalidDocument("mem_free_kb is larger than mem_total_kb")
     if values["mem_available_kb"] > values["mem_total_kb"]:
         raise InvalidDocument("mem_available_kb is larger than mem_total_kb")
+    if values["active_file_kb"] is not None and values["active_file_kb"] > values["mem_total_kb"]:
+        raise InvalidDocument("active_file_kb is larger than mem_total_kb")
     if values["swap_free_kb"] > values["swap_total_kb"]:
         raise InvalidDocument("swap_free_kb is larger than swap_total_kb")
     if isinstance(values["uptime_s"], int):

@@ -89,6 +89,8 @@ class MemorySample:
     """workingset_refault_file, or workingset_refault before Linux 5.9."""
     balloon_current_kb: int | None = None
     """Balloon driver current_kb."""
+    active_file_kb: int | None = None
+    """Active(file): page cache on the active list."""
     balloon_target_kb: int | None = None
     """Balloon driver target_kb (what the guest's driver is moving towards)."""
     problems: tuple[Problem, ...] = field(default=())
@@ -125,6 +127,7 @@ OPTIONAL_FIELDS: Final = (
     "refault_anon",
     "refault_file",
     "balloon_current_kb",
+    "active_file_kb",
 )
 assert set(REQUIRED_FIELDS) | set(OPTIONAL_FIELDS) | {"seq", "directive_ack"} == {
     f.name for f in fields(Report)
@@ -245,6 +248,8 @@ class ProcMemorySource:
             ("swap_free_kb", "SwapFree"),
             # Zswapped: uncompressed size of what zswap holds (Linux 5.19+).
             ("frontswap_kb", "Zswapped"),
+            # Active(file): in every kernel's meminfo since 2.6.28 (split LRU).
+            ("active_file_kb", "Active(file)"),
         ):
             values[name] = meminfo.get(key)
         if "Cached" in meminfo and "Buffers" in meminfo:

@@ -40,6 +40,7 @@ EXPECTED = {
         totalreserve_kb=18857 * 4, pswpin=20114, pswpout=66940,
         frontswap_kb=None, psi_some_avg10=None, psi_full_avg10=None, psi_some_total_us=None,
         refault_anon=None, refault_file=48211, balloon_current_kb=2097152, uptime_s=86400.42,
+        active_file_kb=380000,
     ),
     "linux-5.10-xen-hvm": dict(
         mem_total_kb=4029904, mem_available_kb=2973212, cached_kb=1904000 + 80000,
@@ -48,7 +49,7 @@ EXPECTED = {
         totalreserve_kb=(3976 + 23884 + 1605) * 4, pswpin=310552, pswpout=982113,
         frontswap_kb=38400 * 4, psi_some_avg10=1.23, psi_full_avg10=0.42,
         psi_some_total_us=48211093, refault_anon=120114, refault_file=834221,
-        balloon_current_kb=4194304, uptime_s=1209600.17,
+        balloon_current_kb=4194304, uptime_s=1209600.17, active_file_kb=920000,
     ),
     "linux-6.1-xen-pvh-zswap": dict(
         mem_total_kb=8203360, mem_available_kb=4917744, cached_kb=2560000 + 120000,
@@ -58,12 +59,13 @@ EXPECTED = {
         totalreserve_kb=(3840 + 14393 + 15939) * 4, pswpin=52210, pswpout=201877,
         frontswap_kb=409600, psi_some_avg10=0.0, psi_full_avg10=0.0, psi_some_total_us=912433,
         refault_anon=44120, refault_file=390112, balloon_current_kb=8388608, uptime_s=432000.55,
+        active_file_kb=1200000,
     ),
     "linux-6.18": dict(
         mem_total_kb=24684092, mem_available_kb=23985060, swap_total_kb=0, swap_free_kb=0,
         # DMA min(4683 + 79, 3840); DMA32 1664 + 16285; Normal 8976; Movable capped at 0.
         totalreserve_kb=(3840 + 17949 + 8976) * 4, frontswap_kb=0, balloon_current_kb=None,
-        refault_anon=0, uptime_s=601.70,
+        refault_anon=0, uptime_s=601.70, active_file_kb=340212,
     ),
 }
 

@@ -54,6 +54,7 @@ def reports(draw: st.DrawFn) -> Report:
         refault_anon=draw(st.none() | counter),
         refault_file=draw(st.none() | counter),
         balloon_current_kb=draw(st.none() | kb),
+        active_file_kb=draw(st.none() | st.integers(min_value=0, max_value=total)),
         directive_ack=draw(
             st.none()
             | st.builds(
@@ -93,7 +94,17 @@ def test_unknown_fields_ignored_and_optional_fields_absent() -> None:
     doc = _valid() | {"future_field": [1, 2, 3]}
     report = decode_report(json.dumps(doc).encode())
     assert report.psi_some_avg10 is None and report.frontswap_kb is None
+    assert report.active_file_kb is None
     assert report.swap_used_kb == 0
+
+
+def test_active_file_is_optional_and_compatible() -> None:
+    # An agent that does not know the field sends exactly what it sent before...
+    assert b"active_file_kb" not in encode_report(decode_report(json.dumps(_valid()).encode()))
+    # ...and one that does is read back with it; a decoder that predates it
+    # skips it like any unknown field (test above).
+    doc = _valid() | {"active_file_kb": 700_000}
+    assert decode_report(json.dumps(doc).encode()).active_file_kb == 700_000
 
 
 @pytest.mark.parametrize(
@@ -109,6 +120,9 @@ def test_unknown_fields_ignored_and_optional_fields_absent() -> None:
         ({"mem_total_kb": None}, "missing"),
         ({"mem_free_kb": 5_000_000}, "larger than mem_total_kb"),
         ({"swap_free_kb": 2_000_000}, "larger than swap_total_kb"),
+        ({"active_file_kb": 4_000_001}, "active_file_kb is larger than mem_total_kb"),
+        ({"active_file_kb": -1}, "outside"),
+        ({"active_file_kb": 2.5}, "whole number"),
         ({"psi_some_avg10": 101.0}, "outside"),
         ({"seq": -5}, "outside"),
         ({"directive_ack": {"seq": 1, "outcome": "exploded"}}, "outcome"),
@@ -176,6 +190,7 @@ def test_report_encoding_is_compact() -> None:
         frontswap_kb=MAX_MEMORY_KB, psi_some_avg10=99.99, psi_full_avg10=99.99,
         psi_some_total_us=(1 << 63) - 1, refault_anon=(1 << 63) - 1,
         refault_file=(1 << 63) - 1, balloon_current_kb=MAX_MEMORY_KB,
+        active_file_kb=4_000_000,
         directive_ack=DirectiveAck(seq=1, outcome="refused", detail="x" * 200),
     )
     raw = encode_report(full)
