@@ -68,13 +68,15 @@ def render(status: HostStatus | None, host_name: str) -> Group | Text:
     doc = status.document
     host: dict[str, Any] = doc.get("host", {})
     age = status_age_s(status)
-    table = Table(title=f"Ballast on {host.get('name', host_name)}", expand=False)
-    for column, justify in (
-        ("VM", "left"), ("domid", "right"), ("target", "right"), ("actual", "right"),
-        ("demand", "right"), ("avail", "right"), ("swap", "right"), ("PSI", "right"),
-        ("state", "left"), ("reason", "left"), ("age", "right"),
-    ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table = Table(title=f"Ballast on {host.get('name', host_name)}", expand=False,
+                  pad_edge=False)
+    names = [str(v.get("name")) for v in doc.get("vms", [])]
+    table.add_column("VM", no_wrap=True, min_width=min(max(map(len, names), default=2), 24))
+    for column in ("id", "target", "actual", "demand", "avail", "swap", "PSI"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("reason", overflow="ellipsis", no_wrap=True, max_width=28)
+    table.add_column("age", justify="right", no_wrap=True)
     for vm in sorted(doc.get("vms", []), key=lambda v: str(v.get("name"))):
         state = str(vm.get("state"))
         psi = vm.get("psi_some")
