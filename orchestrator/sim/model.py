@@ -19,6 +19,9 @@ What it models (docs/simulation.md has the reasoning and the calibration):
   PSI ``some``/``full`` figures the way the kernel's accounting would.
 * When unreclaimable memory exceeds what the guest can hold even with all of
   its swap, the OOM killer frees the excess and the workload restarts.
+* ``Active(file)`` is reported as the kernel would show it, not as the hot
+  cache: pages that left the hot set and some freshly read cold pages stay on
+  the active list for a while (``active_age_s``), so it errs high.
 
 All sizes are KiB (as on the xenstore wire), times seconds.
 """
@@ -93,15 +96,22 @@ class ModelParams:
     """How fast a swap-shrink directive pulls pages back in, KiB/s."""
     oom_restart_s: float = 60.0
     """Time constant of a killed workload coming back, s."""
+    active_age_s: float = 600.0
+    """Time constant with which cache that is no longer touched leaves the
+    reported Active(file), s. Only the report depends on it."""
+    active_read_share: float = 0.5
+    """Share of freshly read cold cache that the report counts in Active(file)."""
 
     def __post_init__(self) -> None:
         if self.balloon_rate_kb_s <= 0:
             raise ValueError("balloon_rate_kb_s must be positive")
-        for name in ("hot_touch_s", "anon_touch_s", "oom_restart_s"):
+        for name in ("hot_touch_s", "anon_touch_s", "oom_restart_s", "active_age_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.runnable_tasks < 1:
             raise ValueError("runnable_tasks must be at least 1")
+        if not 0.0 <= self.active_read_share <= 1.0:
+            raise ValueError("active_read_share must be within [0, 1]")
 
 
 def min_free_kb(mem_kb: int) -> int:
@@ -185,6 +195,11 @@ class Pages(NamedTuple):
     """Cold cache resident."""
     killed_kb: int = 0
     """Memory freed by OOM kills that the workload has not yet taken back."""
+    stale_kb: int = 0
+    """Cache still on the active list but no longer hot, as of ``stale_at_s``
+    (it decays with ``active_age_s``; only the report reads it)."""
+    stale_at_s: float = 0.0
+    """When ``stale_kb`` was last computed."""
 
 
 class Counters(NamedTuple):
@@ -409,6 +424,17 @@ def step(state: GuestState, target_kb: int, dt_s: float) -> GuestState:
     else:
         cold = min(cold_goal, cold + int(prm.cache_fill_kb_s * dt_s))
 
+    # What Active(file) counts beyond the hot set (reported only): hot pages
+    # the workload stopped touching and a share of freshly read cold pages
+    # stay on the active list until reclaim ages them; they are part of the
+    # cold cache, so they go when it goes.
+    stale = (
+        _stale_kb(old, t1, prm.active_age_s)
+        + max(0, old.hot_kb - demand.hot_cache_kb)
+        + int(prm.active_read_share * max(0, cold - old.cold_kb))
+    )
+    stale = min(stale, cold)
+
     # Stall accounting: each fault stalls the task that took it; n runnable
     # tasks share the stall load evenly. "some" is the share of time at
     # least one is stalled, "full" all of them (Linux kernel/sched/psi.c
@@ -450,6 +476,8 @@ def step(state: GuestState, target_kb: int, dt_s: float) -> GuestState:
         hot_kb=hot,
         cold_kb=cold,
         killed_kb=killed,
+        stale_kb=stale,
+        stale_at_s=t1,
     )
     return GuestState(
         config=cfg,
@@ -462,6 +490,21 @@ def step(state: GuestState, target_kb: int, dt_s: float) -> GuestState:
         pressure=pressure,
         shrink=shrink,
     )
+
+
+def _stale_kb(pages: Pages, t_s: float, age_s: float) -> int:
+    """Stale active cache at ``t_s``: what was there at ``stale_at_s``, decayed."""
+    if not pages.stale_kb:
+        return 0
+    return int(pages.stale_kb * math.exp(-max(0.0, t_s - pages.stale_at_s) / age_s))
+
+
+def active_file_kb(state: GuestState) -> int:
+    """Active(file) as the guest's /proc/meminfo would show it: the resident hot
+    cache plus the stale part of the cold cache (never more than the cache)."""
+    pages = state.pages
+    stale = min(_stale_kb(pages, state.t_s, state.config.params.active_age_s), pages.cold_kb)
+    return pages.hot_kb + stale - stale % PAGE_KB
 
 
 def report(state: GuestState) -> Report:
@@ -498,5 +541,6 @@ def report(state: GuestState) -> Report:
         refault_anon=counters.swapin_faults,
         refault_file=counters.refault_file,
         balloon_current_kb=state.alloc_kb,
+        active_file_kb=active_file_kb(state),
         directive_ack=ack,
     )
