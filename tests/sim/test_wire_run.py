@@ -92,8 +92,8 @@ def test_the_controller_keeps_virtual_time(wire_run: tuple[SimResult, Path]) -> 
     assert INTERVAL_S * 0.99 <= result.timer_gap_p50_s <= INTERVAL_S * 1.5
     assert result.cycles >= 0.6 * RUN_S / INTERVAL_S
     assert result.failed_cycles == 0
-    # Agents report in virtual time: heartbeats every 30 s, nothing stale.
-    assert result.reports >= 2 * RUN_S / 30
+    # Agents report in virtual time: a heartbeat every 30 s (two guests), nothing stale.
+    assert 0.8 * 2 * RUN_S / 30 <= result.reports <= 4 * 2 * RUN_S / 30
     assert 0 < result.max_report_age_s < MAX_AGE_S
     assert result.stale_observations == 0
     assert result.metrics is not None and result.metrics.ooms == 0
