@@ -31,12 +31,12 @@ DB_ENV = "BALLAST_DB"
 # SQLite waits this long for a lock held by another process (the CLI writing
 # a policy while the controller's writer commits a batch) before failing.
 BUSY_TIMEOUT_MS = 5000
-# Page cache per connection (negative: KiB). A batch touches one b-tree leaf per
-# VM; 64 MiB keeps the leaves of thousands of VMs hot.
+# Page cache per connection (negative: KiB): keeps the upper levels of the
+# multi-gigabyte sample and rollup b-trees in memory.
 CACHE_KIB = 64 * 1024
-# Checkpoint the WAL every this many pages (SQLite's default is 1,000). Each
-# batch rewrites the newest b-tree leaf of every VM; a longer WAL lets the same
-# hot pages be rewritten there several times but copied to the database once.
+# Checkpoint the WAL every this many pages (SQLite's default is 1,000): pages
+# that several commits rewrite (the newest leaves, the domains table) are
+# copied back to the database once per checkpoint, not once per commit.
 WAL_AUTOCHECKPOINT_PAGES = 8192
 # Truncate the WAL file back to this size after checkpoints, so a burst does not
 # leave a large file behind.
