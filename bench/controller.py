@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import math
 import multiprocessing
 import os
@@ -450,6 +451,8 @@ async def run_size(
                                  settings=LoopSettings())  # fmt: skip
                 first, first_wall, first_cpu, _ = await timed_cycle(ctl)
                 follow(hv, first)
+                if ctl.settings.freeze_gc:
+                    gc.freeze()  # as Controller.run() does after its first cycle
                 go.set()
                 steady = Cycles()
                 for _ in range(args.cycles):

@@ -15,7 +15,6 @@ report, parsed strictly by :mod:`agents.schema`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import uuid as uuid_mod
@@ -121,17 +120,8 @@ ReadResult: TypeAlias = bytes | XenstoreError | None
 """A value, None for a key that does not exist, or the error met reading it."""
 
 
-async def _read_result(xs: XenstoreClient, path: str) -> ReadResult:
-    try:
-        return await xs.read(path)
-    except NoEntryError:
-        return None
-    except XenstoreError as exc:
-        return exc
-
-
 async def read_paths(
-    xs: XenstoreClient, paths: Sequence[str], *, window: int = 512
+    xs: XenstoreClient, paths: Sequence[str], *, window: int = 2048
 ) -> list[ReadResult]:
     """Read every path, pipelined, at most ``window`` requests in flight.
 
@@ -140,8 +130,8 @@ async def read_paths(
     """
     results: list[ReadResult] = []
     for start in range(0, len(paths), max(window, 1)):
-        chunk = paths[start:start + window]
-        results.extend(await asyncio.gather(*(_read_result(xs, p) for p in chunk)))
+        for value in await xs.read_many(paths[start:start + window]):
+            results.append(None if isinstance(value, NoEntryError) else value)
     return results
 
 

@@ -156,6 +156,14 @@ class WatchStream(Protocol):
 class XenstoreClient(XenstoreOps, Protocol):
     """What the agent, the controller and the simulator need from xenstore."""
 
+    async def read_many(self, paths: Sequence[str]) -> list[bytes | XenstoreError]:
+        """READ every path at once (pipelined); per path its value or its error.
+
+        ``NoEntryError`` stands for a path that does not exist; one path's error
+        never hides the others' values.
+        """
+        ...
+
     def watch(self, path: str) -> WatchStream:
         """A watch on ``path`` (relative paths resolve under the caller's home)."""
         ...
@@ -410,6 +418,11 @@ def _expire(future: asyncio.Future[Any]) -> None:
         future.set_exception(TimeoutError())
 
 
+def _expire_all(futures: list[asyncio.Future[Any]]) -> None:
+    for future in futures:
+        _expire(future)
+
+
 class _NotSent(XenstoreConnectionError):
     """A request that could not be sent at all: retrying it elsewhere is safe."""
 
@@ -592,6 +605,25 @@ class _Link:
             )
         payload_in: bytes = reply.payload
         return payload_in
+
+    def submit(self, op: int, payload: bytes) -> tuple[int, asyncio.Future[Any]]:
+        """Queue one request on the socket without a coroutine (for batches); the
+        caller awaits the future and calls :meth:`settle` with the request id."""
+        req_id = next(self.ids) & wire.U32_MAX
+        future: asyncio.Future[Any] = self.loop.create_future()
+        waiter = _Waiter(self.loop, future)
+        self.pending[req_id] = waiter
+        self.router.rvars[req_id] = waiter
+        try:
+            self._queue(wire.encode(wire.Packet(op, req_id, 0, payload)), future)
+        except _NotSent as exc:
+            self.pending.pop(req_id, None)
+            future.set_exception(exc)
+        return req_id, future
+
+    def settle(self, req_id: int) -> None:
+        """Forget a request submitted with :meth:`submit`."""
+        self.pending.pop(req_id, None)
 
     async def _send(self, data: bytes, deadline: float) -> None:
         """Send on the xenbus device (sockets go through :meth:`_queue`)."""
@@ -946,6 +978,95 @@ class PyxsClient:
     async def read(self, path: str) -> bytes:
         """The value of ``path``; ``NoEntryError`` if it does not exist."""
         return await self._read(path)
+
+    async def read_many(self, paths: Sequence[str]) -> list[bytes | XenstoreError]:
+        """READ every path at once; per path its value or its error (see
+        :class:`XenstoreClient`). On a socket the reads leave together and are
+        awaited without a task each; reads that never left (the connection
+        broke first) are sent again on a new connection until the deadline. An
+        invalid path raises :class:`InvalidRequestError` before anything is sent.
+        """
+        encoded = {i: self._path(path) for i, path in enumerate(paths)}  # bad paths raise
+        results: list[bytes | XenstoreError | None] = [None] * len(paths)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.timeout_s
+        todo = sorted(encoded)
+        while todo:
+            try:
+                link = await self._live_link(deadline, "READ", paths[todo[0]])
+            except XenstoreConnectionError as exc:
+                for i in todo:
+                    results[i] = XenstoreConnectionError(exc.errno_name, op="READ",
+                                                         path=paths[i], detail=exc.detail)
+                break
+            if link.send_sock is None:  # the xenbus device: one request at a time
+                values = await asyncio.gather(*(self._read(paths[i]) for i in todo),
+                                              return_exceptions=True)
+                for i, value in zip(todo, values, strict=True):
+                    if not isinstance(value, bytes | XenstoreError):
+                        raise value
+                    results[i] = value
+                break
+            todo = await self._read_batch(link, paths, encoded, todo, results, deadline)
+        return [r if r is not None else XenstoreError("EIO") for r in results]
+
+    async def _read_batch(
+        self,
+        link: _Link,
+        paths: Sequence[str],
+        encoded: dict[int, bytes],
+        todo: list[int],
+        results: list[bytes | XenstoreError | None],
+        deadline: float,
+    ) -> list[int]:
+        """One round of :meth:`read_many` on ``link``; returns the reads to send again."""
+        loop = asyncio.get_running_loop()
+        submitted = [(i, *link.submit(Op.READ, encoded[i])) for i in todo]
+        futures = [future for _i, _req, future in submitted]
+        timer = loop.call_at(deadline, _expire_all, futures)
+        again: list[int] = []
+        timed_out = False
+        try:
+            for i, req_id, future in submitted:
+                path = paths[i]
+                try:
+                    reply = await future
+                except _NotSent:
+                    again.append(i)
+                    continue
+                except TimeoutError:
+                    timed_out = True
+                    results[i] = XenstoreTimeoutError(
+                        "ETIMEDOUT", op="READ", path=path,
+                        detail=f"no answer from xenstored at {self.where} "
+                        f"within {self.settings.timeout_s:g} s",
+                    )
+                    continue
+                except XenstoreConnectionError as exc:
+                    results[i] = XenstoreConnectionError(exc.errno_name, op="READ", path=path,
+                                                         detail=exc.detail)
+                    continue
+                finally:
+                    link.settle(req_id)
+                if reply.op == Op.ERROR:
+                    results[i] = error_for(wire.decode_error(reply.payload), op="READ", path=path)
+                elif reply.op != Op.READ:
+                    results[i] = XenstoreError("EIO", op="READ", path=path,
+                                               detail=f"unexpected reply of type {reply.op}")
+                else:
+                    results[i] = reply.payload
+        finally:
+            timer.cancel()
+        if timed_out:
+            self._link_failed(link)
+        if again and link.alive:
+            self._link_failed(link)
+        if again and loop.time() >= deadline:
+            for i in again:
+                results[i] = XenstoreConnectionError("ECONNRESET", op="READ", path=paths[i],
+                                                     detail="connection to xenstored lost")
+            return []
+        return again
 
     async def write(self, path: str, value: bytes | str) -> None:
         """Set ``path`` (printable ASCII, may be empty), creating missing parents."""

@@ -5,6 +5,7 @@ when the socket has room again); replies are read and handed over in batches.
 These tests drive bursts larger than the socket buffers through the real
 daemon, frozen, killed and restarted under them: every request gets its own
 answer or a clear error, and a request that never left is sent again.
+``read_many`` (the controller's way to read a fleet) is held to the same.
 """
 
 from __future__ import annotations
@@ -13,8 +14,16 @@ import asyncio
 import signal
 from pathlib import Path
 
+import pytest
+
 from orchestrator.xenstore.client import ClientSettings, PyxsClient
-from orchestrator.xenstore.errors import XenstoreConnectionError, XenstoreError
+from orchestrator.xenstore.errors import (
+    AccessDeniedError,
+    InvalidRequestError,
+    NoEntryError,
+    XenstoreConnectionError,
+    XenstoreError,
+)
 from orchestrator.xenstore.runner import ServerProcess
 from orchestrator.xenstore.server import XenstoreServer
 
@@ -90,6 +99,62 @@ async def test_requests_that_never_left_are_sent_again_to_a_restarted_daemon(
             assert len(ok) > BURST // 2
             got = await asyncio.gather(*(xs.read(f"/burst/{i}") for i in ok))
             assert got == [value(i) for i in ok]
+    finally:
+        first.kill()
+        if second is not None:
+            second.stop()
+
+
+async def test_read_many_answers_each_path_with_its_value_or_its_error(sock_dir: Path) -> None:
+    async with XenstoreServer(sock_dir) as server, PyxsClient(
+        socket_path=server.privileged_socket
+    ) as xs:
+        await server.introduce(5)
+        await server.introduce(6)
+        await xs.write("/local/domain/6/data/secret", "6's")
+        await asyncio.gather(*(xs.write(f"/many/{i}", value(i)) for i in range(0, 3000, 2)))
+        paths = [f"/many/{i}" for i in range(3000)]
+        got = await xs.read_many(paths)
+        for i, result in enumerate(got):
+            if i % 2 == 0:
+                assert result == value(i)
+            else:
+                assert isinstance(result, NoEntryError) and result.path == f"/many/{i}"
+        async with PyxsClient(socket_path=server.domain_socket(5)) as guest:
+            await guest.write("data/mine", "5's")
+            mine, theirs, relative = await guest.read_many(
+                ["/local/domain/5/data/mine", "/local/domain/6/data/secret", "data/mine"]
+            )
+            assert mine == b"5's" and relative == b"5's"
+            assert isinstance(theirs, AccessDeniedError)
+        with pytest.raises(InvalidRequestError):
+            await xs.read_many(["/many/0", "/bad//path"])
+        assert await xs.read_many([]) == []
+
+
+async def test_read_many_sends_again_what_never_left_when_the_daemon_restarts(
+    sock_dir: Path,
+) -> None:
+    first = ServerProcess(sock_dir)
+    first.start()
+    second: ServerProcess | None = None
+    try:
+        settings = ClientSettings(timeout_s=10.0, reconnect_min_s=0.02, reconnect_max_s=0.1)
+        async with PyxsClient(socket_path=first.privileged_socket, settings=settings) as xs:
+            await xs.write("/before", "1")
+            first.signal(signal.SIGSTOP)
+            # 20,000 reads are about 1 MB of requests: most stay queued in the client.
+            reads = asyncio.ensure_future(xs.read_many([f"/r/{i}" for i in range(20_000)]))
+            await asyncio.sleep(0.3)
+            first.kill()
+            second = ServerProcess(sock_dir)
+            await asyncio.to_thread(second.start)
+            got = await asyncio.wait_for(reads, 30)
+            answered = [r for r in got if isinstance(r, NoEntryError)]  # by the new daemon
+            lost = [r for r in got if isinstance(r, XenstoreConnectionError)]
+            assert len(answered) + len(lost) == len(got)
+            assert len(answered) > len(got) // 2
+            assert all(r.op == "READ" and r.path.startswith("/r/") for r in lost)
     finally:
         first.kill()
         if second is not None:

@@ -9,6 +9,7 @@ other VMs: the first test holds the law to that, on random fleets.
 from __future__ import annotations
 
 import asyncio
+import gc
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,7 +22,7 @@ from orchestrator.control import (
     VmPolicy,
     decide,
 )
-from orchestrator.controller.loop import Controller, StaticPolicy
+from orchestrator.controller.loop import Controller, LoopSettings, StaticPolicy
 from tests.controller.conftest import GIB_KB, MIB_KB, SimHost, make_report
 
 GUEST_KB = st.integers(min_value=256 * MIB_KB, max_value=16 * GIB_KB)
@@ -127,3 +128,24 @@ async def test_only_a_report_asking_for_more_starts_a_cycle_before_the_interval(
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_run_freezes_the_start_up_state_out_of_the_garbage_collectors_way(
+    sim_host: SimHost,
+) -> None:
+    await sim_host.add_vm(1, "web", static_max_kb=4 * GIB_KB)
+    try:
+        for freeze in (False, True):
+            gc.unfreeze()
+            ctl = Controller(xs=sim_host.xs, hypervisor=sim_host.hv, policy=StaticPolicy(),
+                             settings=LoopSettings(freeze_gc=freeze))  # fmt: skip
+            stop = asyncio.Event()
+            task = asyncio.create_task(ctl.run(stop))
+            while ctl.cycles < 1:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            assert (gc.get_freeze_count() > 0) is freeze
+    finally:
+        gc.unfreeze()
