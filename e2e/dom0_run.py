@@ -493,7 +493,7 @@ class Scenario:
         booted = {name: GUESTS[name][0] * KIB_PER_MIB for name in self.domids}
         wait_for("Ballast to write every guest's memory/target",
                  lambda: all(t is not None and t != booted[g]
-                             for g, t in self.targets().items()), timeout_s=90)
+                             for g, t in self.targets().items()), timeout_s=240)
         seen: dict[str, str] = {}
         status = status_json()
         for name, domid in self.domids.items():
@@ -519,6 +519,11 @@ class Scenario:
     def rise_and_fall(self) -> str:
         self.require_controller()
         g, domid = "g1", self.domids["g1"]
+        # From where Ballast has put an idle g1 (it boots at its ceiling).
+        ceiling_kb = GUESTS[g][1] * KIB_PER_MIB
+        wait_for("Ballast to shrink idle g1 by 120 MiB",
+                 lambda: (t := self.targets()[g]) is not None and t <= ceiling_kb - 120 * 1024,
+                 timeout_s=120)
         t0 = self.targets()[g] or 0
         m0 = self.guest_mib(g)
         own0 = self.xs.state(domid).get("mem_total_kb") or 0
