@@ -19,14 +19,21 @@ Measured, per fleet size:
 1. **steady** cycles, ``--gap`` apart, while the guests report: what a cycle
    costs when watches mark the domains that changed and a rolling resync
    re-reads the rest over time. Wall time (p50, p99), the controller's CPU per
-   cycle (every thread of this process: the pyxs router included), the law's
-   share, and how many domains were read;
-2. the **first** cycle (discovery, one watch per domain, everything read);
-3. the baseline in the same run: **naive** cycles that re-read every key of
-   every domain (what a controller without watches does each cycle), and the
-   same keys read through ``RawClient``, a minimal codec client (the floor of
-   a read-everything strategy: no controller, no pyxs);
-4. for the largest fleet (``--latency-domains``): the real loop
+   cycle (every thread of this process: the pyxs router included), the time
+   its event loop spent runnable but waiting for a CPU (``/proc/self/schedstat``:
+   the machine's load, not the controller's work), the law's share, how many
+   domains and keys were read, how many targets written. As ``Controller.run``
+   does, the start-up state is frozen out of the garbage collector's way after
+   the first cycle;
+2. **cap all, then lift**: an operator caps every VM below its target, then
+   lifts the cap: two cycles that write a target for (almost) every VM;
+3. the **first** cycle (discovery, one watch per domain, everything read);
+4. the baseline in the same run: **naive** cycles that re-read every key of
+   every domain (what a controller without watches does each cycle, and what
+   this one does once after a reconnect), and the same keys read through
+   ``RawClient``, a minimal codec client with a task per read (the floor of a
+   read-everything strategy written the ordinary way);
+5. for the largest fleet (``--latency-domains``): the real loop
    (``Controller.run``) under the same guest background, and a probe process
    with ``--probes`` guests of its own. Each sample, a probe guest writes a
    report whose Committed_AS rose by 64 MiB (it needs more memory) through its
@@ -69,7 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.schema import Report, encode_report
-from orchestrator.control import Policy, Snapshot, VmObservation, decide
+from orchestrator.control import HostPolicy, Policy, Snapshot, VmDefaults, VmObservation, decide
 from orchestrator.controller.loop import Controller, CycleResult, LoopSettings, StaticPolicy
 from orchestrator.controller.observe import (
     DIRECTIVE_KEY,
@@ -361,6 +368,7 @@ class SizeResult:
     domains: int
     steady: Cycles
     naive: Cycles
+    rewrite: Cycles
     first_wall_s: float
     first_cpu_s: float
     codec_wall_s: list[float]
@@ -447,8 +455,8 @@ async def run_size(
                 await asyncio.to_thread(probe_ready.wait, 120)
             settings = ClientSettings(timeout_s=30.0)
             async with PyxsClient(socket_path=daemon.privileged_socket, settings=settings) as xs:
-                ctl = Controller(xs=xs, hypervisor=hv, policy=StaticPolicy(),
-                                 settings=LoopSettings())  # fmt: skip
+                policy = StaticPolicy()
+                ctl = Controller(xs=xs, hypervisor=hv, policy=policy, settings=LoopSettings())
                 first, first_wall, first_cpu, _ = await timed_cycle(ctl)
                 follow(hv, first)
                 if ctl.settings.freeze_gc:
@@ -473,11 +481,21 @@ async def run_size(
                     w, c = await codec_read_all(daemon.privileged_socket, domids)
                     codec_wall.append(w)
                     codec_cpu.append(c)
-                reports_per_s = rate
+                # An operator caps every VM 64 MiB below where it is, then lifts the
+                # cap: two cycles that rewrite every target (shrinks, then grows).
+                rewrite = Cycles()
+                for cap in (target_kb - 64 * MIB_KB, None):
+                    await asyncio.sleep(args.gap)
+                    policy.policy = Policy(host=HostPolicy(defaults=VmDefaults(max_kb=cap)))
+                    ctl.policy_changed()
+                    result, wall, cpu, runq = await timed_cycle(ctl)
+                    rewrite.add(result, wall, cpu, runq)
+                    follow(hv, result)
+                    hv.advance(1.0)
                 size = SizeResult(
-                    domains=n, steady=steady, naive=naive, first_wall_s=first_wall,
-                    first_cpu_s=first_cpu, codec_wall_s=codec_wall, codec_cpu_s=codec_cpu,
-                    reports_per_s=reports_per_s,
+                    domains=n, steady=steady, naive=naive, rewrite=rewrite,
+                    first_wall_s=first_wall, first_cpu_s=first_cpu, codec_wall_s=codec_wall,
+                    codec_cpu_s=codec_cpu, reports_per_s=rate,
                 )
                 if latency:
                     await measure_latency(ctl, hv, size, probe_go, probe_out)
@@ -546,6 +564,7 @@ def print_results(results: list[SizeResult], args: argparse.Namespace) -> None:
     print(head)
     for r in results:
         rows: list[tuple[str, Cycles]] = [("steady (watch + resync)", r.steady),
+                                          ("cap all, then lift", r.rewrite),
                                           ("naive: re-read all", r.naive)]  # fmt: skip
         for name, c in rows:
             print(f"{r.domains:>7} {name:<22} {len(c.wall_s):>4} {ms(pct(c.wall_s, 50))} "

@@ -1,14 +1,19 @@
 """The reconcile loop: observe -> snapshot -> decide -> apply -> record -> publish.
 
 Level-triggered (STYLE 2): each cycle recomputes from what it observes.
-Watches only wake the loop early: a guest's report that needs more memory is
-answered at once, a shrink waits for the law's pacing. Floods of watch events
+Watches only mark a guest dirty and wake the loop for a *peek*: the dirty
+guests' keys are read, and if the law, asked about such a VM alone, wants to
+give it more memory, a full cycle runs at once; otherwise the next cycle comes
+at the interval, which paces every shrink anyway. Floods of watch events
 coalesce, because a cycle re-reads state instead of consuming events, and
-cycles are at least ``min_gap_s`` apart.
+cycles are at least ``min_gap_s`` apart. A rolling resync re-reads every
+domain's keys within ``resync_s``, paced by time, so an early cycle costs no
+more than its dirty guests (docs/controller.md has the figures).
 
 A cycle that cannot observe the fleet (xenstore or the hypervisor is down)
-writes nothing; after xenstore comes back, every domain is re-read before the
-next decision, so no target is ever written from stale data.
+writes nothing; after a new connection to xenstored, every domain is re-read
+before the next decision, and a cycle during which the connection changed
+writes nothing, so no target is ever written from stale data.
 """
 
 from __future__ import annotations

@@ -80,6 +80,8 @@ class DomainView:
     report_error: str | None = None
     """Why the last report value was refused; None when it was valid."""
     meminfo_raw: tuple[bytes | None, bytes | None] = (None, None)
+    meminfo_kb: tuple[int | None, int | None] = (None, None)
+    """``meminfo_raw`` parsed (total, free), KiB: parsed once, not every cycle."""
     meminfo_seen_s: float | None = None
     directive_seq: int | None = None
     trust_first_report: bool = True
@@ -253,7 +255,8 @@ def apply_guest_keys(view: DomainView, keys: GuestKeys, now_s: float) -> DomainV
     if meminfo != view.meminfo_raw:
         first = view.meminfo_seen_s is None and view.meminfo_raw == (None, None)
         seen = None if first and not view.trust_first_report else now_s
-        result = replace(result, meminfo_raw=meminfo, meminfo_seen_s=seen)
+        result = replace(result, meminfo_raw=meminfo, meminfo_seen_s=seen,
+                         meminfo_kb=(parse_kb(meminfo[0]), parse_kb(meminfo[1])))
     if not result.trust_first_report:
         result = replace(result, trust_first_report=True)
     return result
@@ -266,7 +269,7 @@ def observation(
     static_max = view.static_max_kb if view.static_max_kb is not None else hv.max_kb
     if static_max is None:
         return None
-    total_raw, free_raw = view.meminfo_raw
+    total_kb, free_kb = view.meminfo_kb
     return VmObservation(
         domid=view.domid,
         uuid=view.uuid,
@@ -279,8 +282,8 @@ def observation(
         report_age_s=(now_s - view.report_seen_s)
         if view.report is not None and view.report_seen_s is not None
         else None,
-        meminfo_total_kb=parse_kb(total_raw),
-        meminfo_free_kb=parse_kb(free_raw),
+        meminfo_total_kb=total_kb,
+        meminfo_free_kb=free_kb,
         meminfo_age_s=(now_s - view.meminfo_seen_s) if view.meminfo_seen_s is not None else None,
         paused=domain_paused,
         directive_seq=view.directive_seq,
