@@ -25,8 +25,9 @@ Measured, per fleet size:
    domains and keys were read, how many targets written. As ``Controller.run``
    does, the start-up state is frozen out of the garbage collector's way after
    the first cycle;
-2. **cap all, then lift**: an operator caps every VM below its target, then
-   lifts the cap: two cycles that write a target for (almost) every VM;
+2. **cap all, then lift** (last, so as not to disturb the rest): an operator
+   caps every VM below its target, then lifts the cap: two cycles that write
+   a target for every VM with a fresh report;
 3. the **first** cycle (discovery, one watch per domain, everything read);
 4. the baseline in the same run: **naive** cycles that re-read every key of
    every domain (what a controller without watches does each cycle, and what
@@ -105,6 +106,8 @@ DOM0_KB = 4 * GIB_KB
 # Balloons that follow at once (the next 0.1-s step): the guests' MemTotal then
 # matches their target, as it does on a real host between two reports.
 BALLOON_RATE_KB_S = 64 * GIB_KB * 10
+# Seconds of the real loop under the guests' background alone, before the probes.
+IDLE_WINDOW_S = 6.0
 # Every key a cycle may read for one domain (observe.py): the naive baseline reads all.
 ALL_KEYS = ("name", "vm", STATIC_MAX_KEY, TARGET_KEY, VIDEORAM_KEY, UNCOOPERATIVE_KEY,
             DIRECTIVE_KEY, REPORT_KEY, MEMINFO_TOTAL_KEY, MEMINFO_FREE_KEY)  # fmt: skip
@@ -380,6 +383,9 @@ class SizeResult:
     loop_runq_share: float = math.nan
     loop_cycles_per_s: float = math.nan
     loop_peeks_per_s: float = math.nan
+    idle_cpu_share: float = math.nan
+    idle_cycles_per_s: float = math.nan
+    idle_peeks_per_s: float = math.nan
 
 
 def drain(daemon: ServerProcess) -> None:
@@ -481,9 +487,16 @@ async def run_size(
                     w, c = await codec_read_all(daemon.privileged_socket, domids)
                     codec_wall.append(w)
                     codec_cpu.append(c)
+                rewrite = Cycles()
+                size = SizeResult(
+                    domains=n, steady=steady, naive=naive, rewrite=rewrite,
+                    first_wall_s=first_wall, first_cpu_s=first_cpu, codec_wall_s=codec_wall,
+                    codec_cpu_s=codec_cpu, reports_per_s=rate,
+                )
+                if latency:
+                    await measure_latency(ctl, hv, size, probe_go, probe_out)
                 # An operator caps every VM 64 MiB below where it is, then lifts the
                 # cap: two cycles that rewrite every target (shrinks, then grows).
-                rewrite = Cycles()
                 for cap in (target_kb - 64 * MIB_KB, None):
                     await asyncio.sleep(args.gap)
                     policy.policy = Policy(host=HostPolicy(defaults=VmDefaults(max_kb=cap)))
@@ -492,13 +505,6 @@ async def run_size(
                     rewrite.add(result, wall, cpu, runq)
                     follow(hv, result)
                     hv.advance(1.0)
-                size = SizeResult(
-                    domains=n, steady=steady, naive=naive, rewrite=rewrite,
-                    first_wall_s=first_wall, first_cpu_s=first_cpu, codec_wall_s=codec_wall,
-                    codec_cpu_s=codec_cpu, reports_per_s=rate,
-                )
-                if latency:
-                    await measure_latency(ctl, hv, size, probe_go, probe_out)
             stop.set()
             for proc in procs:
                 await asyncio.to_thread(proc.join, 60)
@@ -535,6 +541,14 @@ async def measure_latency(
 
     mover = asyncio.create_task(balloons(), name="balloons")
     await asyncio.sleep(1.0)
+    # The background alone first: what the real loop costs a fleet that needs nothing.
+    cycles0, peeks0 = ctl.cycles, ctl.peeks
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.sleep(IDLE_WINDOW_S)
+    elapsed = time.perf_counter() - wall0
+    size.idle_cpu_share = (time.process_time() - cpu0) / elapsed
+    size.idle_cycles_per_s = (ctl.cycles - cycles0) / elapsed
+    size.idle_peeks_per_s = (ctl.peeks - peeks0) / elapsed
     cycles0, peeks0 = ctl.cycles, ctl.peeks
     cpu0, wall0, runq0 = time.process_time(), time.perf_counter(), runq_wait_s()
     go.set()
@@ -587,6 +601,9 @@ def print_results(results: list[SizeResult], args: argparse.Namespace) -> None:
         if not r.latencies_s and not r.misses:
             continue
         lat = r.latencies_s
+        print(f"real loop at {r.domains} domains, background alone ({r.reports_per_s:.0f} "
+              f"reports/s, nothing needing memory): controller CPU {r.idle_cpu_share:.1%} of "
+              f"one core, {r.idle_cycles_per_s:.2f} cycles/s, {r.idle_peeks_per_s:.1f} peeks/s")
         print(f"report-to-target at {r.domains} domains ({args.probes} probe guests, "
               f"{r.reports_per_s:.0f} background reports/s, real loop, default policy): "
               f"{len(lat)} samples, p50 {pct(lat, 50) * 1000:.1f} ms, "
