@@ -66,6 +66,9 @@ class LoopSettings:
 
     min_gap_s: float = 0.02
     """Shortest time between two cycles, seconds: coalesces report floods."""
+    peek_delay_s: float = 0.005
+    """After a guest's ``~/data`` changes, wait this long before reading it, seconds:
+    the keys an agent writes for one report (report, ``meminfo_*``) come together."""
     resync_s: float = 30.0
     """Every domain's keys are re-read at least this often, seconds."""
     rescan_s: float = 10.0
@@ -267,6 +270,8 @@ class Controller:
                     await _wait_any(stop, self._wake, self._changed,
                                     timeout_s=(next_cycle - now) / self.settings.time_scale)
                     continue
+                if not self._wake.is_set() and now < next_cycle:
+                    await asyncio.sleep(self.settings.peek_delay_s)
                 self._changed.clear()
                 full = self._wake.is_set() or now >= next_cycle or await self._peek()
                 if not full:
