@@ -271,7 +271,7 @@ class Controller:
                                     timeout_s=(next_cycle - now) / self.settings.time_scale)
                     continue
                 if not self._wake.is_set() and now < next_cycle:
-                    await asyncio.sleep(self.settings.peek_delay_s)
+                    await asyncio.sleep(self.settings.peek_delay_s / self.settings.time_scale)
                 self._changed.clear()
                 full = self._wake.is_set() or now >= next_cycle or await self._peek()
                 if not full:
