@@ -7,6 +7,12 @@ wants. With weights w and a water level L, VM i gets
 budget. Sorting by ``(want - min) / weight`` makes this one O(n log n) pass;
 the arithmetic is integer KiB, rounded down, so the shares never exceed the
 budget.
+
+A claim may name a core between its minimum and its want: the memory the VM
+uses now, as opposed to headroom for what it might use next. When the host is
+short, the cores are filled first (by the same water-filling) and headroom
+only from what is left, so one VM's reserve never costs another VM its
+working set.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ class Claim(NamedTuple):
     """What it wants (>= lo_kb), KiB."""
     weight: int
     """Its weight (>= 1)."""
+    core_kb: int | None = None
+    """What it uses now, served before any VM's headroom above its core
+    (clamped into [lo_kb, hi_kb]); None: all of ``hi_kb`` is core."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +75,22 @@ def share(budget_kb: int, claims: Sequence[Claim], reservations_kb: Sequence[int
             short=res_short,
             overcommitted=False,
         )
-    extra = water_fill(room, [(c.hi_kb - c.lo_kb, c.weight) for c in claims])
+    cores = [
+        c.hi_kb if c.core_kb is None else min(max(c.core_kb, c.lo_kb), c.hi_kb) for c in claims
+    ]
+    core_room = sum(cores) - lo_total
+    if core_room >= room:
+        # Not even every core fits: share the room up to the cores.
+        extra = water_fill(room, [(k - c.lo_kb, c.weight) for c, k in zip(claims, cores,
+                                                                           strict=True)])
+        grants = [c.lo_kb + e for c, e in zip(claims, extra, strict=True)]
+    else:
+        # Every core fits; the rest is headroom, shared the same way.
+        extra = water_fill(room - core_room, [(c.hi_kb - k, c.weight)
+                                              for c, k in zip(claims, cores, strict=True)])
+        grants = [k + e for k, e in zip(cores, extra, strict=True)]
     return Sharing(
-        grants_kb=tuple(c.lo_kb + e for c, e in zip(claims, extra, strict=True)),
+        grants_kb=tuple(grants),
         reservations_kb=tuple(granted_res),
         short=True,
         overcommitted=False,

@@ -48,6 +48,10 @@ MIN_RATE_WINDOW_S: Final = 1.0
 # On pressure, grow by at least this share of MemTotal: "at once" means a
 # step that ends the stall, not Senpai's gentle squared backoff for small errors.
 MIN_PRESSURE_GROW_FRAC: Final = 0.05
+# While the guest's demand grows, the floor keeps this many intervals of the
+# growth in hand: one until the next decision sees it, one for the balloon to
+# deliver it (Ballast's own; docs/control.md).
+RAMP_INTERVALS: Final = 2
 
 
 class Signals(NamedTuple):
@@ -59,6 +63,9 @@ class Signals(NamedTuple):
     """Workingset refaults per second; None: unknown."""
     swapin_pps: float | None
     """Pages swapped in per second; None: unknown."""
+    growth_kb_s: float | None = None
+    """How fast the guest's demand (used memory plus active cache) grew, KiB/s;
+    negative when it fell; None: unknown."""
 
 
 class Figures(NamedTuple):
@@ -83,11 +90,21 @@ class Figures(NamedTuple):
     psi_some_total_us: int | None
     refaults: int | None
     balloon_current_kb: int | None
+    active_file_kb: int | None = None
 
     @property
     def used_kb(self) -> int:
         """What the guest cannot give back without swapping: MemTotal - MemAvailable."""
         return self.mem_total_kb - self.mem_available_kb
+
+    @property
+    def demand_kb(self) -> int:
+        """What the guest uses now: ``used_kb`` plus its active page cache
+        (``Active(file)``, capped at the page cache; 0 when not reported)."""
+        active = self.active_file_kb
+        if active is None:
+            return self.mem_total_kb - self.mem_available_kb
+        return self.mem_total_kb - self.mem_available_kb + min(active, self.cached_kb)
 
 
 def _int(value: object, high: int = MAX_MEMORY_KB) -> int:
@@ -157,6 +174,8 @@ def figures_of(report: Report) -> Figures | None:
         and _plain(r.refault_anon, _MAX_COUNTER)
         and _plain(r.refault_file, _MAX_COUNTER)
         and _plain(r.balloon_current_kb, MAX_MEMORY_KB)
+        and (r.active_file_kb is None
+             or (type(r.active_file_kb) is int and 0 <= r.active_file_kb <= r.mem_total_kb))
         and (r.psi_some_avg10 is None or (type(r.psi_some_avg10) is float
                                           and 0.0 <= r.psi_some_avg10 <= 100.0))
     ):
@@ -166,7 +185,7 @@ def figures_of(report: Report) -> Figures | None:
             r.seq, r.uptime_s, r.mem_total_kb, r.mem_free_kb, r.mem_available_kb, r.cached_kb,
             r.committed_as_kb, r.totalreserve_kb, r.swap_total_kb - r.swap_free_kb, r.pswpin,
             r.frontswap_kb, r.psi_some_avg10, r.psi_some_total_us, refaults,
-            r.balloon_current_kb,
+            r.balloon_current_kb, r.active_file_kb,
         )
     return _figures_clamped(report)
 
@@ -204,6 +223,7 @@ def _figures_clamped(report: Report) -> Figures | None:
             psi_some_total_us=_opt_int(report.psi_some_total_us, _MAX_COUNTER),
             refaults=sum(known) if known else None,
             balloon_current_kb=_opt_int(report.balloon_current_kb),
+            active_file_kb=_opt_int(report.active_file_kb, total),
         )
     except TypeError:
         return None
@@ -238,7 +258,10 @@ def signals_between(previous: Figures | None, current: Figures) -> Signals:
     swapin = None
     if current.pswpin >= previous.pswpin:
         swapin = (current.pswpin - previous.pswpin) / dt_s
-    return Signals(stall_frac=stall, refault_pps=refault, swapin_pps=swapin)
+    growth = None
+    if (current.active_file_kb is None) == (previous.active_file_kb is None):
+        growth = (current.demand_kb - previous.demand_kb) / dt_s
+    return Signals(stall_frac=stall, refault_pps=refault, swapin_pps=swapin, growth_kb_s=growth)
 
 
 def under_pressure(signals: Signals | None) -> bool:
@@ -312,6 +335,11 @@ class Estimate(NamedTuple):
     """The guest shows memory pressure."""
     probing: bool = False
     """A slow pressure-free shrink (reason ``probe``)."""
+    quiet: bool = False
+    """The guest showed no pressure at all (the law remembers its size)."""
+    core_pages: int | None = None
+    """The part of the goal the guest uses now (no headroom), served first when
+    the host is short; None: all of the goal."""
 
 
 def committed(
@@ -350,6 +378,20 @@ def working_set(
     return Estimate(goal_pages=goal, incremental=False, pressure=pressure)
 
 
+class History(NamedTuple):
+    """What the ``pressure`` estimator remembers of a VM between intervals."""
+
+    quiet_pages: int = 0
+    """MemTotal (pages) at the last quiet interval: where the guest last ran
+    without pressure; 0: unknown."""
+    may_probe: bool = True
+    """Whether probing below the current size is allowed this interval (the
+    law forbids it for a while after pressure, unless the host needs memory)."""
+
+
+NO_HISTORY: Final = History()
+
+
 def pressure(
     fig: Figures,
     *,
@@ -357,29 +399,62 @@ def pressure(
     swap_shrink: bool,
     signals: Signals | None,
     interval_s: float,
+    history: History = NO_HISTORY,
 ) -> Estimate:
-    """Senpai/TMO probing anchored on the working set.
+    """Senpai/TMO probing above a floor of what the guest uses.
 
-    Under pressure: grow at once (see :func:`pressure_grow_pages`). When quiet
-    (PSI under the target, refaults and swap-ins near zero): shrink by Senpai's
-    probe, 1 % per interval when PSI is under a tenth of the target and less
-    as it nears it. Without evidence either way: hold. Never below the
-    working set plus reserve (+ frontswap pages that should come back).
+    The floor is the guest's demand (``MemTotal - MemAvailable`` plus its
+    active page cache, when reported), the reserve, and a ramp allowance of
+    ``RAMP_INTERVALS`` intervals of growth while the demand grows; the goal
+    never goes below it, and rises with it at once.
+
+    Under pressure: if the guest already has free room for what it reads back
+    (and 5 % of MemTotal), it is recovering: keep room for one more interval
+    of it and give the rest of the free memory back. Otherwise grow at once to
+    the last size it ran quietly at (or the current one, if larger) plus what
+    it read back in one interval, at least 5 % of MemTotal.
+
+    Otherwise: give back free memory beyond the headroom, and, when quiet and
+    allowed to, probe the page cache down by Senpai's probe (1 % per interval).
     """
     cur = fig.mem_total_kb // PAGE_KB
     frontswap = 0
     if swap_shrink and fig.frontswap_kb is not None:
         frontswap = fig.frontswap_kb // PAGE_KB
-    floor = fig.used_kb // PAGE_KB + reserve_pages + frontswap
+    ramp = 0
+    if signals is not None and signals.growth_kb_s is not None and signals.growth_kb_s > 0:
+        ramp = int(RAMP_INTERVALS * signals.growth_kb_s * interval_s) // PAGE_KB
+    core = fig.demand_kb // PAGE_KB + frontswap + ramp
+    headroom = reserve_pages + frontswap + ramp
+    floor = core + reserve_pages
     if under_pressure(signals):
         assert signals is not None
-        goal = max(cur + pressure_grow_pages(cur, signals, interval_s), floor)
-        return Estimate(goal_pages=goal, incremental=True, pressure=True)
-    if is_quiet(signals):
+        read_back = int(((signals.refault_pps or 0.0) + (signals.swapin_pps or 0.0)) * interval_s)
+        step = max(read_back, int(cur * MIN_PRESSURE_GROW_FRAC))
+        room = (fig.mem_free_kb - fig.totalreserve_kb) // PAGE_KB
+        if room >= step:
+            # Recovering, not short: the pages come back into free memory.
+            # Keep room for one more interval of them; the rest of the free
+            # memory goes back as when quiet.
+            holds = (fig.mem_total_kb - fig.mem_free_kb) // PAGE_KB + headroom + read_back
+            goal = max(min(cur, holds), floor)
+        else:
+            goal = max(cur, history.quiet_pages) + step
+            goal = max(goal, floor)
+        # A guest under pressure uses everything it asks for.
+        return Estimate(goal_pages=goal, incremental=True, pressure=True, core_pages=goal)
+    # Free memory beyond the headroom goes back (as fast as pacing allows).
+    give_back = max(min(cur, (fig.mem_total_kb - fig.mem_free_kb) // PAGE_KB + headroom), floor)
+    goal = give_back
+    quiet = is_quiet(signals)
+    if quiet and history.may_probe:
         assert signals is not None
-        goal = max(cur - probe_shrink_pages(cur, signals), floor)
-        return Estimate(goal_pages=goal, incremental=True, pressure=False, probing=goal < cur)
-    return Estimate(goal_pages=max(cur, floor), incremental=True, pressure=False)
+        goal = max(min(goal, cur - probe_shrink_pages(cur, signals)), floor)
+    return Estimate(
+        goal_pages=goal, incremental=True, pressure=False, probing=goal < give_back, quiet=quiet,
+        # Without Active(file) the hot cache is unknown: all of the goal is core.
+        core_pages=None if fig.active_file_kb is None else core,
+    )
 
 
 def basic(total_kb: int, free_kb: int, *, reserve_pages: int) -> Estimate:

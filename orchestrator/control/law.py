@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from agents.schema import MAX_MEMORY_KB, Directive, Report
 from orchestrator.control import estimators, guards, kernel
@@ -46,6 +46,9 @@ from orchestrator.control.state import ControlState, VmMemory
 # A cycle that arrives up to 10 % early still counts as the next interval, so
 # a controller whose timer jitters does not halve the kernel's pace.
 STEP_JITTER_FRACTION: Final = 0.1
+# ``pressure`` estimator: after pressure, do not probe below the guest's size
+# again for this long, while the host has room (Ballast's own; docs/control.md).
+CALM_AFTER_PRESSURE_S: Final = 600.0
 
 
 @dataclass(slots=True)
@@ -75,6 +78,9 @@ class _Vm:
     swap_last_pages: int
     swap_counter: int
     directive_seq: int
+    quiet_pages: int
+    calm_until_s: float | None
+    core_kb: int | None = None
     granted_kb: int = 0
 
 
@@ -105,6 +111,10 @@ def decide(snapshot: Snapshot, policy: Policy, state: ControlState | None = None
     host = policy.host
     resolved: dict[tuple[int, int], EffectiveVmPolicy] = {}
     work: list[_Vm] = []
+    # What the host could still give if every VM reached (or kept) its target.
+    room_kb = host_budget_kb(snapshot, host) - sum(
+        max(vm.actual_target_kb, vm.target_kb or 0) for vm in snapshot.vms
+    )
     for obs in sorted(snapshot.vms, key=lambda vm: vm.domid):
         vm_policy = policy.vm(obs.uuid)
         key = (id(vm_policy), obs.static_max_kb)
@@ -112,7 +122,9 @@ def decide(snapshot: Snapshot, policy: Policy, state: ControlState | None = None
         if eff is None:
             eff = _resolve(vm_policy, host.defaults, obs.static_max_kb)
             resolved[key] = eff
-        work.append(_decide_vm(obs, eff, carried.get(obs.uuid), host, snapshot.now_s))
+        work.append(
+            _decide_vm(obs, eff, carried.get(obs.uuid), host, snapshot.now_s, room_kb)
+        )
     return _arbitrate(snapshot, host, work)
 
 
@@ -126,6 +138,7 @@ def _decide_vm(
     prev: VmMemory | None,
     host: HostPolicy,
     now_s: float,
+    host_room_kb: int,
 ) -> _Vm:
     actual = obs.actual_target_kb
     current = obs.target_kb if obs.target_kb is not None and obs.target_kb >= 0 else actual
@@ -148,12 +161,14 @@ def _decide_vm(
     swap_last = prev.swap_last_pages if prev is not None else 0
     swap_counter = prev.swap_counter if prev is not None else 0
     last_target = prev.last_target_kb if prev is not None else None
+    quiet_pages = prev.quiet_pages if prev is not None else 0
+    calm_until = prev.calm_until_s if prev is not None else None
 
     # The working record starts as "hold the current target" and is filled in.
     vm = _Vm(
         obs, eff, actual, current, current, Reason.STEADY, VmState.OK, None, None, False,
         None, "hold", score, uncooperative, last_step_s, last_target, report, figures,
-        signals, swap_last, swap_counter, directive_seq,
+        signals, swap_last, swap_counter, directive_seq, quiet_pages, calm_until,
     )
     if host.paused:
         vm.reason, vm.state = Reason.PAUSED, VmState.PAUSED
@@ -185,9 +200,20 @@ def _decide_vm(
         if fresh and eff.estimator is not Estimator.BASIC:
             assert fig is not None
             estimator = eff.estimator
-            target, demand, reason, pressure = _run_law(
-                obs, eff, fig, signals, host.interval_s, actual, current, due
+            calm = (
+                calm_until is not None
+                and now_s < calm_until
+                and host_room_kb >= eff.reserve_kb
             )
+            history = estimators.History(quiet_pages=quiet_pages, may_probe=not calm)
+            law = _run_law(obs, eff, fig, signals, host.interval_s, actual, current, due, history)
+            target, demand, reason = law.target_kb, law.demand_kb, law.reason
+            pressure = law.pressure
+            vm.core_kb = law.core_kb
+            if law.quiet:
+                quiet_pages = fig.mem_total_kb // PAGE_KB
+            if pressure and eff.estimator is Estimator.PRESSURE:
+                calm_until = now_s + CALM_AFTER_PRESSURE_S
             stepped = due
         elif basic_data is not None and (fresh or report_dead):
             estimator = Estimator.BASIC
@@ -249,6 +275,7 @@ def _decide_vm(
     if stepped:
         vm.last_step_s = now_s
     vm.swap_last_pages, vm.swap_counter, vm.directive_seq = swap_last, swap_counter, directive_seq
+    vm.quiet_pages, vm.calm_until_s = quiet_pages, calm_until
     return vm
 
 
@@ -345,6 +372,17 @@ def balloon_offset_pages(
     return max(actual_kb // PAGE_KB - totalram, 0)
 
 
+class _LawResult(NamedTuple):
+    target_kb: int
+    demand_kb: int
+    reason: Reason
+    pressure: bool
+    quiet: bool
+    """The guest showed no pressure (its size is remembered)."""
+    core_kb: int | None
+    """What it uses now, in target units (arbitration serves it first)."""
+
+
 def _run_law(
     obs: VmObservation,
     eff: EffectiveVmPolicy,
@@ -354,7 +392,8 @@ def _run_law(
     actual: int,
     current: int,
     due: bool,
-) -> tuple[int, int, Reason, bool]:
+    history: estimators.History,
+) -> _LawResult:
     """Estimator + kernel step + floor + conversion: a target in KiB."""
     reserve = _reserve_pages(eff)
     est: Estimate
@@ -370,7 +409,7 @@ def _run_law(
     else:
         est = estimators.pressure(
             fig, reserve_pages=reserve, swap_shrink=eff.swap_shrink, signals=signals,
-            interval_s=interval_s,
+            interval_s=interval_s, history=history,
         )
     cur = fig.mem_total_kb // PAGE_KB
     offset = balloon_offset_pages(
@@ -382,7 +421,8 @@ def _run_law(
     demand = (est.goal_pages + offset) * PAGE_KB
     if not due and target < current:
         target, reason = current, Reason.NOT_DUE
-    return target, demand, reason, est.pressure
+    core = None if est.core_pages is None else (est.core_pages + offset) * PAGE_KB
+    return _LawResult(target, demand, reason, est.pressure, est.quiet, core)
 
 
 def _step(
@@ -493,7 +533,8 @@ def _arbitrate(snapshot: Snapshot, host: HostPolicy, work: list[_Vm]) -> Plan:
         else:
             fixed_charge += max(vm.actual_kb, vm.want_kb)
     claims = [
-        Claim(min(vm.eff.min_kb, vm.want_kb), vm.want_kb, max(vm.eff.weight, 1)) for vm in flex
+        Claim(min(vm.eff.min_kb, vm.want_kb), vm.want_kb, max(vm.eff.weight, 1), vm.core_kb)
+        for vm in flex
     ]
     requests = [r.size_kb for r in snapshot.reservations]
     sharing = share(budget - fixed_charge, claims, requests)
@@ -538,6 +579,8 @@ def _arbitrate(snapshot: Snapshot, host: HostPolicy, work: list[_Vm]) -> Plan:
             swap_last_pages=vm.swap_last_pages,
             swap_counter=vm.swap_counter,
             directive_seq=vm.directive_seq,
+            quiet_pages=vm.quiet_pages,
+            calm_until_s=vm.calm_until_s,
         )
         sum_targets += target
         sum_charged += charge

@@ -48,6 +48,10 @@ class VmMemory(NamedTuple):
     """Frontswap law: inertia counter."""
     directive_seq: int = 0
     """Sequence number of the last directive Ballast issued."""
+    quiet_pages: int = 0
+    """``pressure`` estimator: MemTotal (pages) when the guest was last quiet."""
+    calm_until_s: float | None = None
+    """``pressure`` estimator: no probing before this time (set on pressure)."""
 
 
 @dataclass(frozen=True, slots=True, init=False)

@@ -76,19 +76,48 @@ def test_overcommitted_gives_minimums_and_no_reservation() -> None:
     assert result.overcommitted
 
 
+def test_cores_are_served_before_anyone_s_headroom() -> None:
+    # A needs 800 of its 1000, B needs 200 of its 1000 (the rest is headroom).
+    claims = [Claim(lo_kb=0, hi_kb=1000, weight=1, core_kb=800),
+              Claim(lo_kb=0, hi_kb=1000, weight=1, core_kb=200)]
+    # Without cores an even split would leave A 300 short of what it uses.
+    assert share(1000, [c._replace(core_kb=None) for c in claims]).grants_kb == (500, 500)
+    assert share(1000, claims).grants_kb == (800, 200)
+    # Room beyond the cores is headroom, shared by weight as before.
+    assert share(1400, claims).grants_kb == (1000, 400)
+    # Not even the cores fit: they are shared like wants were.
+    assert share(600, claims).grants_kb == (400, 200)
+
+
+def test_a_core_outside_the_claim_is_clamped_into_it() -> None:
+    wild = [Claim(lo_kb=300, hi_kb=600, weight=1, core_kb=5000),
+            Claim(lo_kb=300, hi_kb=600, weight=1, core_kb=-7)]
+    assert share(900, wild).grants_kb == (600, 300)
+
+
 @given(
     st.lists(
-        st.tuples(st.integers(0, 1 << 26), st.integers(0, 1 << 26), st.integers(1, 1000)),
+        st.tuples(st.integers(0, 1 << 26), st.integers(0, 1 << 26), st.integers(1, 1000),
+                  st.none() | st.integers(-(1 << 20), 1 << 27)),
         max_size=30,
     ),
     st.integers(-(1 << 28), 1 << 30),
     st.lists(st.integers(0, 1 << 27), max_size=3),
 )
 def test_share_respects_bounds_and_budget(
-    raw: list[tuple[int, int, int]], budget: int, reservations: list[int]
+    raw: list[tuple[int, int, int, int | None]], budget: int, reservations: list[int]
 ) -> None:
-    claims = [Claim(lo_kb=min(a, b), hi_kb=max(a, b), weight=w) for a, b, w in raw]
+    claims = [Claim(lo_kb=min(a, b), hi_kb=max(a, b), weight=w, core_kb=c) for a, b, w, c in raw]
     result = share(budget, claims, reservations)
+    room = budget - sum(c.lo_kb for c in claims) - sum(result.reservations_kb)
+    cores = [min(max(c.core_kb if c.core_kb is not None else c.hi_kb, c.lo_kb), c.hi_kb)
+             for c in claims]
+    if room >= sum(cores) - sum(c.lo_kb for c in claims):
+        # Every core fits: every claim gets at least its core.
+        assert all(got >= core for got, core in zip(result.grants_kb, cores, strict=True))
+    else:
+        # Some core does not fit: nobody gets headroom beyond its core.
+        assert all(got <= core for got, core in zip(result.grants_kb, cores, strict=True))
     for got, claim in zip(result.grants_kb, claims, strict=True):
         assert claim.lo_kb <= got <= claim.hi_kb
     assert all(0 <= g <= r for g, r in zip(result.reservations_kb, reservations, strict=True))

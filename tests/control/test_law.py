@@ -17,13 +17,16 @@ from orchestrator.control import (
     Reservation,
     SnapshotError,
     VmDefaults,
+    VmObservation,
     VmPolicy,
     VmState,
     decide,
     host_budget_kb,
 )
 from orchestrator.control import estimators as est
-from orchestrator.control.policy import kernel_reserve_kb
+from orchestrator.control.law import CALM_AFTER_PRESSURE_S
+from orchestrator.control.plan import Plan
+from orchestrator.control.policy import DEFAULT_MAX_SHRINK_KB, kernel_reserve_kb
 from tests.control.helpers import GiB, MiB, kernel_exact, report, snapshot, vm
 
 UUID = vm().uuid
@@ -49,8 +52,13 @@ def test_snapshot_rejects_duplicate_vms() -> None:
 
 
 def pressure_run(reports: list[dict[str, object]], *, policy: Policy | None = None,
-                 start_kb: int = 4 * GiB) -> list[int]:
-    """Cycles 5 s apart; the guest's MemTotal follows the target exactly."""
+                 start_kb: int = 4 * GiB, host_free_kb: int = 64 * GiB,
+                 plans: list[Plan] | None = None, static_max_kb: int = 4 * GiB) -> list[int]:
+    """Cycles 5 s apart; the guest's MemTotal follows the target exactly.
+
+    By default the guest uses 300 MiB (MemTotal - MemAvailable) and fills the
+    rest with page cache, keeping 16 MiB free; ``fields`` override that
+    (``used_kb`` sets MemAvailable relative to MemTotal)."""
     policy = policy or policy_with(estimator=Estimator.PRESSURE, deadband_kb=0)
     state = ControlState()
     target = start_kb
@@ -59,14 +67,21 @@ def pressure_run(reports: list[dict[str, object]], *, policy: Policy | None = No
         values: dict[str, object] = {
             "seq": tick, "uptime_s": 100.0 + 5 * tick, "mem_total_kb": target,
             "balloon_current_kb": target, "mem_available_kb": target - 300 * MiB,
+            "mem_free_kb": 16 * MiB, "cached_kb": target - 316 * MiB,
         }
         values.update(fields)
-        observed = vm(static_max_kb=4 * GiB, actual_kb=target, target_kb=target,
+        used = values.pop("used_kb", None)
+        if isinstance(used, int):
+            values["mem_available_kb"] = target - used
+            values["cached_kb"] = min(int(str(values["cached_kb"])), target - used)
+        observed = vm(static_max_kb=static_max_kb, actual_kb=target, target_kb=target,
                       report=report(**values), report_age_s=0.0)
-        plan = decide(snapshot(observed, now_s=5.0 * tick), policy, state)
+        plan = decide(snapshot(observed, now_s=5.0 * tick, free_kb=host_free_kb), policy, state)
         state = plan.state
         target = plan.vms[0].target_kb
         out.append(target)
+        if plans is not None:
+            plans.append(plan)
     return out
 
 
@@ -75,26 +90,34 @@ def quiet(tick: int) -> dict[str, object]:
             "refault_anon": 0, "pswpin": 10}
 
 
-def test_pressure_shrinks_one_percent_per_interval_while_quiet() -> None:
+def stalled(refaults: int = 50, stall_us: int = 1000 + 5 * 1_000_000 // 20) -> dict[str, object]:
+    """A report 5 s after ``quiet``: 5 % of the time stalled, ``refaults`` more."""
+    return {"psi_some_avg10": 5.0, "psi_some_total_us": stall_us, "refault_file": refaults,
+            "refault_anon": 0, "pswpin": 10}
+
+
+RESERVE = kernel_reserve_kb(4 * GiB)
+
+
+def test_pressure_probes_the_cache_one_percent_per_interval_while_quiet() -> None:
     targets = pressure_run([quiet(t) for t in range(10)])
     for before, after in zip([4 * GiB, *targets], targets, strict=False):
         cur = before // 4
         assert after == (cur - int(cur * est.SENPAI_MAX_PROBE)) * 4
 
 
-def test_pressure_grows_at_once_when_psi_appears() -> None:
-    calm = [quiet(t) for t in range(6)]
-    stall: dict[str, object] = {"psi_some_avg10": 5.0,
-             "psi_some_total_us": 1000 + 5 * 1_000_000 // 20,
-             "refault_file": 50, "refault_anon": 0, "pswpin": 10}
-    targets = pressure_run([*calm, stall])
-    grown, before = targets[-1], targets[-2]
-    assert grown >= before * 1.05  # at least 5 % at once
-    # Senpai backoff for 5 % stall against a 0.1 % target: (50/20)**2 -> capped at 100 %.
-    assert grown == min(2 * before, 4 * GiB)
+def test_pressure_gives_free_memory_beyond_the_reserve_back() -> None:
+    # 2 GiB free and no evidence of pressure either way: the free memory goes
+    # (what the guest holds, cache included, plus its reserve stays), paced
+    # by the step limit.
+    policy = policy_with(estimator=Estimator.PRESSURE, deadband_kb=0, max_shrink_kb=0)
+    targets = pressure_run([{"mem_free_kb": 2 * GiB, "cached_kb": 1 * GiB}], policy=policy)
+    assert targets == [4 * GiB - 2 * GiB + RESERVE]
+    paced = pressure_run([{"mem_free_kb": 2 * GiB, "cached_kb": 1 * GiB}])
+    assert paced == [4 * GiB - DEFAULT_MAX_SHRINK_KB]
 
 
-def test_pressure_holds_without_evidence() -> None:
+def test_pressure_holds_without_evidence_or_free_memory() -> None:
     targets = pressure_run([{} for _ in range(5)])  # no PSI, no refault counters
     assert targets == [4 * GiB] * 5
 
@@ -106,6 +129,119 @@ def test_pressure_never_goes_below_the_working_set_plus_reserve() -> None:
     # used = MemTotal - MemAvailable grows as MemTotal falls; with 100 MiB
     # available the floor is MemTotal - 100 MiB + 256 MiB > MemTotal: hold.
     assert all(t >= 2 * GiB for t in targets)
+
+
+def test_pressure_keeps_the_active_page_cache() -> None:
+    # 300 MiB used, 1.5 GiB of the cache active: the probe stops at
+    # used + Active(file) + reserve...
+    with_active = [dict(quiet(t), active_file_kb=1536 * MiB) for t in range(300)]
+    targets = pressure_run(with_active)
+    assert min(targets) >= 300 * MiB + 1536 * MiB + RESERVE
+    assert targets[-1] - (300 * MiB + 1536 * MiB + RESERVE) < 4 * MiB
+    # ...where a guest that does not report it is probed into its cache.
+    blind = pressure_run([quiet(t) for t in range(300)])
+    assert blind[-1] < 300 * MiB + 1536 * MiB
+
+
+def test_pressure_grows_to_the_last_quiet_size_plus_what_was_read_back() -> None:
+    calm = [quiet(t) for t in range(6)]
+    # 100,000 pages refaulted in 5 s, no free room: short, not recovering.
+    targets = pressure_run([*calm, stalled(refaults=50 + 100_000)], static_max_kb=8 * GiB)
+    # The last quiet report showed MemTotal = targets[-3] (the probe took 1 %
+    # since): back to it, plus the pages read back in the interval.
+    last_quiet, before, grown = targets[-3], targets[-2], targets[-1]
+    assert last_quiet > before
+    assert grown == last_quiet + 100_000 * 4
+    # A small read-back still grows by 5 % of MemTotal (not Senpai's doubling).
+    targets = pressure_run([*calm, stalled(refaults=60)], static_max_kb=8 * GiB)
+    last_quiet, before, grown = targets[-3], targets[-2], targets[-1]
+    assert grown == (last_quiet // 4 + int(before // 4 * est.MIN_PRESSURE_GROW_FRAC)) * 4
+
+
+def test_pressure_restores_the_size_it_ran_quietly_at() -> None:
+    # Quiet at 4 GiB, then shrunk hard by a give-back (free memory), then stalls:
+    # it goes back to where it last ran quietly, plus the step.
+    plans: list[Plan] = []
+    targets = pressure_run(
+        [quiet(0), dict(quiet(1), mem_free_kb=2 * GiB, cached_kb=1 * GiB), stalled(refaults=60)],
+        plans=plans, static_max_kb=8 * GiB,
+    )
+    assert targets[1] < targets[0] - 256 * MiB
+    # The second report was quiet too, at MemTotal = targets[0].
+    memory = plans[1].state.get(UUID)
+    assert memory is not None and memory.quiet_pages == targets[0] // 4
+    step = int(targets[1] // 4 * est.MIN_PRESSURE_GROW_FRAC)
+    assert targets[2] == (targets[0] // 4 + step) * 4
+    assert plans[2].vms[0].pressure and plans[2].vms[0].reason is Reason.PRESSURE
+
+
+def test_a_recovering_guest_with_free_room_does_not_grow() -> None:
+    # Stalls, but 1 GiB free: it is faulting its pages back into free memory.
+    calm = [quiet(t) for t in range(3)]
+    recovering = dict(stalled(refaults=50 + 2_000), mem_free_kb=1 * GiB)
+    plans: list[Plan] = []
+    targets = pressure_run([*calm, recovering], plans=plans)
+    cur = targets[-2]
+    assert plans[-1].vms[0].pressure
+    # It keeps what it uses, the reserve and one interval's read-back; the rest goes.
+    holds = cur - 1 * GiB + RESERVE + 2_000 * 4
+    assert targets[-1] == max(holds, cur - DEFAULT_MAX_SHRINK_KB)
+    assert targets[-1] < cur
+
+
+def test_no_probing_for_a_while_after_pressure_while_the_host_has_room() -> None:
+    calm = [quiet(t) for t in range(3)]
+    after = [quiet(t) for t in range(130)]  # 650 s
+    reports = [*calm, stalled(refaults=60), *after]
+    targets = pressure_run(reports)
+    grown = targets[3]
+    held = int(CALM_AFTER_PRESSURE_S // 5)
+    assert targets[4:4 + held - 1] == [grown] * (held - 1)
+    assert targets[-1] < grown  # probing again after ten minutes
+    # A host without room for this VM's reserve needs the memory: probe at once.
+    short = pressure_run(reports[:8], host_free_kb=64 * MiB)
+    assert short[4] < short[3]
+
+
+def test_a_growing_guest_gets_two_intervals_of_growth_in_hand() -> None:
+    # Used memory grows by 100 MiB per 5 s interval, 1 GiB of cache is active.
+    reports = [dict(quiet(t), used_kb=300 * MiB + t * 100 * MiB, cached_kb=1 * GiB,
+                    active_file_kb=1 * GiB) for t in range(3)]
+    plans: list[Plan] = []
+    targets = pressure_run(reports, plans=plans, start_kb=2 * GiB)
+    ramp = est.RAMP_INTERVALS * 100 * MiB
+    assert targets[-1] == 500 * MiB + 1 * GiB + RESERVE + ramp
+    assert plans[-1].vms[0].reason is Reason.GROW
+    # Without the growth the same guest would have been probed below that.
+    still = [dict(quiet(t), used_kb=500 * MiB, cached_kb=1 * GiB, active_file_kb=1 * GiB)
+             for t in range(3)]
+    assert pressure_run(still, start_kb=2 * GiB)[-1] < 500 * MiB + 1 * GiB + RESERVE + ramp
+
+
+def test_growth_signal_is_the_change_of_used_plus_active_cache() -> None:
+    a = est.figures_of(report(uptime_s=100.0, mem_available_kb=3 * GiB, cached_kb=1 * GiB,
+                              active_file_kb=200 * MiB))
+    b = est.figures_of(report(uptime_s=110.0, mem_available_kb=3 * GiB - 100 * MiB,
+                              cached_kb=1 * GiB, active_file_kb=300 * MiB))
+    assert a is not None and b is not None
+    assert est.signals_between(a, b).growth_kb_s == 200 * MiB / 10
+    # Active(file) counts at most the page cache the guest has.
+    capped = est.figures_of(report(cached_kb=100 * MiB, active_file_kb=3 * GiB))
+    assert capped is not None and capped.demand_kb == capped.used_kb + 100 * MiB
+    # A figure that appears or vanishes between reports gives no growth.
+    c = est.figures_of(report(uptime_s=120.0, mem_available_kb=3 * GiB - 100 * MiB,
+                              cached_kb=1 * GiB))
+    assert c is not None and est.signals_between(b, c).growth_kb_s is None
+
+
+def test_hostile_active_file_figures_are_clamped() -> None:
+    over = est.figures_of(report(active_file_kb=1 << 40))
+    assert over is not None and over.active_file_kb == over.mem_total_kb
+    negative = est.figures_of(report(active_file_kb=-5))
+    assert negative is not None and negative.active_file_kb == 0
+    odd = est.figures_of(report(active_file_kb=2.5e6))  # type: ignore[arg-type]
+    assert odd is not None and odd.active_file_kb == 2_500_000
+    assert est.figures_of(report(active_file_kb="x")) is None  # type: ignore[arg-type]
 
 
 def test_refaults_alone_count_as_pressure_without_psi() -> None:
@@ -333,3 +469,26 @@ def test_plan_lookup_by_domid() -> None:
     assert plan.vm(7).domid == 7 and plan.by_uuid()[vm(11).uuid].domid == 11
     with pytest.raises(KeyError):
         plan.vm(5)
+
+
+def test_what_a_vm_uses_is_served_before_another_vm_s_reserve() -> None:
+    # A uses 3 GiB + 2 GiB of active cache; B uses 1 GiB. Together 6 GiB;
+    # the host can give 6.5 GiB, not both reserves (819 MiB each) on top.
+    def guest(domid: int, total_kb: int, used_kb: int, active_kb: int) -> VmObservation:
+        return vm(domid, static_max_kb=8 * GiB, actual_kb=total_kb, target_kb=total_kb,
+                  report=report(mem_total_kb=total_kb, balloon_current_kb=total_kb,
+                                mem_available_kb=total_kb - used_kb, mem_free_kb=16 * MiB,
+                                cached_kb=total_kb - used_kb - 16 * MiB,
+                                active_file_kb=active_kb, psi_some_avg10=0.0),
+                  report_age_s=0.0)
+
+    a, b = guest(1, 6 * GiB, 3 * GiB, 2 * GiB), guest(2, 2 * GiB, 1 * GiB, 0)
+    host = HostPolicy(dom0_reserve_kb=1536 * MiB - 50 * MiB,
+                      defaults=VmDefaults(estimator=Estimator.PRESSURE))
+    plan = decide(snapshot(a, b, free_kb=0), Policy(host=host))
+    assert plan.host.budget_kb == 6656 * MiB and plan.host.short
+    first, second = plan.vms
+    assert first.target_kb >= 5 * GiB and second.target_kb >= 1 * GiB
+    assert first.target_kb + second.target_kb <= plan.host.budget_kb
+    # The 512 MiB beyond the two cores is headroom, shared by weight (equal here).
+    assert first.target_kb - 5 * GiB == pytest.approx(second.target_kb - 1 * GiB, abs=8)

@@ -63,13 +63,14 @@ def honest_reports(draw: st.DrawFn, static_max_kb: int) -> Report:
     total = draw(st.integers(64 * MiB, static_max_kb))
     available = draw(st.integers(0, total))
     swap_total = draw(st.integers(0, 4 * GiB))
+    cached = draw(st.integers(0, total))
     return Report(
         seq=draw(st.integers(0, 1000)),
         uptime_s=draw(st.floats(0, 1e6)),
         mem_total_kb=total,
         mem_free_kb=draw(st.integers(0, available)),
         mem_available_kb=available,
-        cached_kb=draw(st.integers(0, total)),
+        cached_kb=cached,
         committed_as_kb=draw(st.integers(0, 2 * static_max_kb)),
         totalreserve_kb=draw(st.integers(0, 64 * MiB)),
         anon_kb=draw(st.integers(0, total)),
@@ -84,6 +85,7 @@ def honest_reports(draw: st.DrawFn, static_max_kb: int) -> Report:
         refault_anon=draw(st.none() | st.integers(0, 1 << 40)),
         refault_file=draw(st.none() | st.integers(0, 1 << 40)),
         balloon_current_kb=draw(st.none() | st.integers(total, static_max_kb + 64 * MiB)),
+        active_file_kb=draw(st.none() | st.integers(0, cached)),
     )
 
 
@@ -95,6 +97,7 @@ def hostile_reports(draw: st.DrawFn) -> Report:
         "committed_as_kb", "totalreserve_kb", "anon_kb", "swap_total_kb", "swap_free_kb",
         "pswpin", "pswpout", "frontswap_kb", "psi_some_avg10", "psi_full_avg10",
         "psi_some_total_us", "refault_anon", "refault_file", "balloon_current_kb",
+        "active_file_kb",
     ]
     values: dict[str, Any] = {name: draw(weird) for name in names}
     return Report(**values)
