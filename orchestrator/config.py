@@ -44,6 +44,8 @@ class ControllerConfig:
     """Where allocations come from: ``xl`` on a real dom0."""
     xl_path: str = "xl"
     """The ``xl`` binary."""
+    xl_timeout_s: float = 10.0
+    """Longest wait for one ``xl`` command, seconds (a cycle is skipped past it)."""
     interval_s: float = KERNEL_INTERVAL_S
     """Seconds between reconcile cycles when nothing wakes the loop earlier."""
     dom0_reserve_mb: int = 0
@@ -162,6 +164,8 @@ def validate(config: Config, source: str = "configuration") -> Config:
         raise UsageError(f"{source}: [controller] host_name must be 1-64 characters without '/'")
     if not 0.1 <= c.interval_s <= 3600:
         raise UsageError(f"{source}: [controller] interval_s must be between 0.1 and 3600")
+    if not 0.1 <= c.xl_timeout_s <= 600:
+        raise UsageError(f"{source}: [controller] xl_timeout_s must be between 0.1 and 600")
     if c.dom0_reserve_mb < 0 or c.free_margin_mb < 0:
         raise UsageError(f"{source}: [controller] reserves must not be negative")
     if c.hypervisor not in ("xl",):

@@ -12,8 +12,10 @@ from orchestrator.cli.main import app
 
 def _walk(cmd: Any, path: list[str]) -> list[tuple[list[str], Any]]:
     found = [(path, cmd)]
-    for name, sub in getattr(cmd, "commands", {}).items():
-        found.extend(_walk(sub, [*path, name]))
+    if hasattr(cmd, "list_commands"):
+        ctx = cmd.make_context(path[-1] if path else "ballast", [], resilient_parsing=True)
+        for name in cmd.list_commands(ctx):
+            found.extend(_walk(cmd.get_command(ctx, name), [*path, name]))
     return found
 
 
@@ -33,3 +35,16 @@ def test_version() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.output.startswith("ballast ")
+
+
+def test_commands_are_imported_only_when_used() -> None:
+    """``ballast agent`` and ``ballast run`` must not pay for every command's imports."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from orchestrator.cli.main import app; "
+        "assert 'sqlalchemy' not in sys.modules, 'sqlalchemy imported by the CLI root'; "
+        "assert 'orchestrator.cli.db' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True)

@@ -126,3 +126,10 @@ def test_mqtt_tuning_reaches_the_telemetry_settings(tmp_path: Path) -> None:
     )
     with pytest.raises(UsageError, match="not configured"):
         telemetry_settings(cfg.Config())
+
+
+def test_xl_timeout_is_configurable(tmp_path: Path) -> None:
+    config = cfg.load(_write(tmp_path, "[controller]\nxl_timeout_s = 45\n"))
+    assert config.controller.xl_timeout_s == 45
+    with pytest.raises(UsageError, match="xl_timeout_s"):
+        cfg.load(_write(tmp_path, "[controller]\nxl_timeout_s = 0\n"))

@@ -1,13 +1,16 @@
 """Entry point of the ``ballast`` command.
 
-Each command group lives in its own module and is registered here. Errors
-from the libraries reach the user as one clear line and a non-zero exit
-code, never as a traceback.
+Each command (or group) lives in its own module, named in ``COMMANDS`` and
+imported only when it runs or its help is shown: ``ballast agent`` in a guest
+and ``ballast run`` in dom0 do not pay for SQLAlchemy, Alembic and every
+other command's imports. Errors from the libraries reach the user as one
+clear line and a non-zero exit code, never as a traceback.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import Any, NamedTuple
 
 import typer
 from typer.core import TyperGroup
@@ -16,8 +19,61 @@ from orchestrator import __version__
 from orchestrator.errors import BallastError
 
 
+class _Lazy(NamedTuple):
+    module: str
+    attr: str
+    group: bool
+    """True: ``attr`` is a Typer app (a command group); False: a command function."""
+
+
+# In the order ``ballast --help`` lists them.
+COMMANDS: dict[str, _Lazy] = {
+    "run": _Lazy("orchestrator.cli.run", "run", False),
+    "status": _Lazy("orchestrator.cli.status", "status", False),
+    "policy": _Lazy("orchestrator.cli.policy", "app", True),
+    "pause": _Lazy("orchestrator.cli.policy", "pause", False),
+    "resume": _Lazy("orchestrator.cli.policy", "resume", False),
+    "history": _Lazy("orchestrator.cli.history", "history", False),
+    "decisions": _Lazy("orchestrator.cli.history", "decisions", False),
+    "events": _Lazy("orchestrator.cli.history", "events", False),
+    "sim": _Lazy("orchestrator.cli.sim", "sim", False),
+    "bench": _Lazy("orchestrator.cli.bench", "app", True),
+    "fleet": _Lazy("orchestrator.cli.fleet", "app", True),
+    "agent": _Lazy("orchestrator.cli.agent", "agent", False),
+    "xenstored": _Lazy("orchestrator.cli.xenstored", "xenstored", False),
+    "db": _Lazy("orchestrator.cli.db", "app", True),
+    "config": _Lazy("orchestrator.cli.config_cmd", "app", True),
+}
+
+
+def _load(name: str, spec: _Lazy) -> Any:
+    target = getattr(importlib.import_module(spec.module), spec.attr)
+    if spec.group:
+        command = typer.main.get_group(target)
+    else:
+        single = typer.Typer()
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
 class _BallastGroup(TyperGroup):
-    """Root group that turns Ballast's own errors into one clear line."""
+    """Root group: loads commands on first use; Ballast's errors become one line."""
+
+    _loaded: dict[str, Any]
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in COMMANDS if n not in self.commands)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        found = super().get_command(ctx, cmd_name)
+        if found is not None or cmd_name not in COMMANDS:
+            return found
+        cache = self.__dict__.setdefault("_loaded", {})
+        if cmd_name not in cache:
+            cache[cmd_name] = _load(cmd_name, COMMANDS[cmd_name])
+        return cache[cmd_name]
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -51,35 +107,6 @@ def _root(
     ),
 ) -> None:
     """Ballast: memory orchestrator for Xen hosts."""
-
-
-from orchestrator.cli import agent as agent_cmd  # noqa: E402
-from orchestrator.cli import bench as bench_cmd  # noqa: E402
-from orchestrator.cli import config_cmd  # noqa: E402
-from orchestrator.cli import db as db_cmd  # noqa: E402
-from orchestrator.cli import fleet as fleet_cmd  # noqa: E402
-from orchestrator.cli import history as history_cmd  # noqa: E402
-from orchestrator.cli import policy as policy_cmd  # noqa: E402
-from orchestrator.cli import run as run_cmd  # noqa: E402
-from orchestrator.cli import sim as sim_cmd  # noqa: E402
-from orchestrator.cli import status as status_cmd  # noqa: E402
-from orchestrator.cli import xenstored as xenstored_cmd  # noqa: E402
-
-app.command("run")(run_cmd.run)
-app.command("status")(status_cmd.status)
-app.add_typer(policy_cmd.app, name="policy")
-app.command("pause")(policy_cmd.pause)
-app.command("resume")(policy_cmd.resume)
-app.command("history")(history_cmd.history)
-app.command("decisions")(history_cmd.decisions)
-app.command("events")(history_cmd.events)
-app.add_typer(config_cmd.app, name="config")
-app.add_typer(fleet_cmd.app, name="fleet")
-app.add_typer(db_cmd.app, name="db")
-app.command("xenstored")(xenstored_cmd.xenstored)
-app.command("agent")(agent_cmd.agent)
-app.add_typer(bench_cmd.app, name="bench")
-app.command("sim")(sim_cmd.sim)
 
 
 def main() -> None:

@@ -102,7 +102,9 @@ async def open_daemon(
     xs = open_client(path=xenstore_path(config.controller.xenstore), settings=ClientSettings())
     try:
         await xs.connect()
-        hv = hypervisor or XlHypervisor(xl_path=config.controller.xl_path)
+        hv = hypervisor or XlHypervisor(
+            xl_path=config.controller.xl_path, timeout_s=config.controller.xl_timeout_s
+        )
         all_sinks: list[CycleSink] = [
             StoreSink(writer), StatusSink(writer, config.controller.host_name), *sinks
         ]
