@@ -48,6 +48,7 @@ COMMANDS: dict[str, _Lazy] = {
 
 def _load(name: str, spec: _Lazy) -> Any:
     target = getattr(importlib.import_module(spec.module), spec.attr)
+    command: Any
     if spec.group:
         command = typer.main.get_group(target)
     else:
