@@ -232,9 +232,11 @@ def apply_guest_keys(view: DomainView, keys: GuestKeys, now_s: float) -> DomainV
     result = view
     if keys.report != view.report_raw:
         if keys.report is None:
-            # The report vanished: nothing fresh, and nothing to hold on to.
-            result = replace(result, report_raw=None, report=None, report_error=None,
-                             report_seen_s=None)
+            # The report vanished (xenstored restarted without it, or the guest
+            # removed it): nothing fresh. Keep the last valid report and its age,
+            # so the VM holds its target and goes stale, then dead, on time;
+            # treating it as "no data" would drift it to its fallback at once.
+            result = replace(result, report_raw=None, report_error=None)
         else:
             try:
                 report = decode_report(keys.report)
