@@ -38,7 +38,7 @@ from typing import Final
 from agents.change import ReportPolicy
 from agents.schema import Directive, DirectiveAck
 from agents.settings import AgentSettings, Connection
-from agents.source import MemorySample
+from agents.source import OPTIONAL_FIELDS, REQUIRED_FIELDS, MemorySample
 from orchestrator.hypervisor import DomainMemory, HostMemory
 from orchestrator.hypervisor.simulated import SimulatedHypervisor
 from orchestrator.sim.harness import initial_allocations
@@ -246,29 +246,11 @@ class SimHost:
         """What the guest's kernel would show its agent now."""
         i = self._index[domid]
         state = self.state(domid)
-        r = report(state)
-        return MemorySample(
-            uptime_s=r.uptime_s,
-            mem_total_kb=r.mem_total_kb,
-            mem_free_kb=r.mem_free_kb,
-            mem_available_kb=r.mem_available_kb,
-            cached_kb=r.cached_kb,
-            committed_as_kb=r.committed_as_kb,
-            totalreserve_kb=r.totalreserve_kb,
-            anon_kb=r.anon_kb,
-            swap_total_kb=r.swap_total_kb,
-            swap_free_kb=r.swap_free_kb,
-            pswpin=r.pswpin,
-            pswpout=r.pswpout,
-            frontswap_kb=r.frontswap_kb,
-            psi_some_avg10=r.psi_some_avg10,
-            psi_full_avg10=r.psi_full_avg10,
-            psi_some_total_us=r.psi_some_total_us,
-            refault_anon=r.refault_anon,
-            refault_file=r.refault_file,
-            balloon_current_kb=r.balloon_current_kb,
-            balloon_target_kb=self.targets_kb[i],
-        )
+        rendered = report(state)
+        # Every figure of the report schema the model renders, whatever the
+        # schema holds (agents.source keeps the two lists equal to Report's).
+        figures = {name: getattr(rendered, name) for name in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)}
+        return MemorySample(**figures, balloon_target_kb=self.targets_kb[i])
 
     # --------------------------------------------------------------- scores
 
