@@ -62,6 +62,12 @@ class StoreConfig:
 
     url: str = f"sqlite:///{DEFAULT_DB_PATH}"
     """SQLAlchemy URL: ``sqlite:////path`` or ``postgresql+psycopg://...``."""
+    busy_timeout_s: float = 5.0
+    """How long one write waits for a lock another process holds, seconds; the
+    history writer then retries with backoff (control never waits for it)."""
+    max_queued_samples: int = 100_000
+    """Samples held while the database is locked, full or away; beyond this the
+    oldest are dropped, counted, and recorded as a gap (decisions never are)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,6 +182,10 @@ def validate(config: Config, source: str = "configuration") -> Config:
         )
     if not config.store.url:
         raise UsageError(f"{source}: [store] url must not be empty")
+    if not 0 < config.store.busy_timeout_s <= 600:
+        raise UsageError(f"{source}: [store] busy_timeout_s must be between 0 and 600")
+    if not 1 <= config.store.max_queued_samples <= 10_000_000:
+        raise UsageError(f"{source}: [store] max_queued_samples must be between 1 and 10000000")
     m = config.mqtt
     if m.broker:
         parts = urlsplit(m.broker)

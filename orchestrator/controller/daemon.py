@@ -33,7 +33,7 @@ from orchestrator.hypervisor.xl import XlHypervisor
 from orchestrator.steering import StorePolicySource
 from orchestrator.store.records import Event, EventKind
 from orchestrator.store.store import Store, StoreConfig, open_store
-from orchestrator.store.writer import StoreWriter
+from orchestrator.store.writer import StoreWriter, WriterConfig
 from orchestrator.telemetry import Telemetry
 from orchestrator.xenstore.client import ClientSettings, PyxsClient, open_client
 
@@ -95,9 +95,13 @@ async def open_daemon(
     ``clock`` and ``wall_clock`` replace the controller's monotonic and
     wall clocks (``ballast sim`` runs it in virtual time)."""
     store = await asyncio.to_thread(
-        open_store, store_url(config), config=StoreConfig(host=config.controller.host_name)
+        open_store, store_url(config),
+        config=StoreConfig(host=config.controller.host_name,
+                           busy_timeout_s=config.store.busy_timeout_s),
     )
-    writer = StoreWriter(store)
+    queued = config.store.max_queued_samples
+    writer = StoreWriter(store, WriterConfig(max_queued_samples=queued,
+                                             batch_max_samples=min(10_000, queued)))
     writer.start()
     xs = open_client(path=xenstore_path(config.controller.xenstore), settings=ClientSettings())
     try:
