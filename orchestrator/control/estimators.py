@@ -424,9 +424,12 @@ def pressure(
     ramp = 0
     if signals is not None and signals.growth_kb_s is not None and signals.growth_kb_s > 0:
         ramp = int(RAMP_INTERVALS * signals.growth_kb_s * interval_s) // PAGE_KB
-    core = fig.demand_kb // PAGE_KB + frontswap + ramp
+    # The core (served first when the host is short) is the working set: not
+    # Active(file), which errs high, so one guest's stale cache never outranks
+    # another guest's anonymous memory; cache and reserves then share by weight.
+    core = fig.used_kb // PAGE_KB + frontswap + ramp
     headroom = reserve_pages + frontswap + ramp
-    floor = core + reserve_pages
+    floor = fig.demand_kb // PAGE_KB + headroom
     if under_pressure(signals):
         assert signals is not None
         read_back = int(((signals.refault_pps or 0.0) + (signals.swapin_pps or 0.0)) * interval_s)

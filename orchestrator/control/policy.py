@@ -383,7 +383,8 @@ def coerce_value(name: str, value: object) -> object:
     if short in _INT_FIELDS:
         low, high = _INT_FIELDS[short]
         number: object = value
-        if isinstance(value, str) and value.strip().isdigit():
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
             number = int(value.strip())
         if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
             raise PolicyError(f"{label} must be a whole number from {low} to {high}")

@@ -471,9 +471,9 @@ def test_plan_lookup_by_domid() -> None:
         plan.vm(5)
 
 
-def test_what_a_vm_uses_is_served_before_another_vm_s_reserve() -> None:
-    # A uses 3 GiB + 2 GiB of active cache; B uses 1 GiB. Together 6 GiB;
-    # the host can give 6.5 GiB, not both reserves (819 MiB each) on top.
+def test_working_sets_are_served_before_cache_and_reserves() -> None:
+    # A uses 5 GiB of anonymous memory; B uses 1 GiB and keeps 2 GiB of active
+    # page cache. The host can give 6.5 GiB: both working sets, not all the rest.
     def guest(domid: int, total_kb: int, used_kb: int, active_kb: int) -> VmObservation:
         return vm(domid, static_max_kb=8 * GiB, actual_kb=total_kb, target_kb=total_kb,
                   report=report(mem_total_kb=total_kb, balloon_current_kb=total_kb,
@@ -482,13 +482,15 @@ def test_what_a_vm_uses_is_served_before_another_vm_s_reserve() -> None:
                                 active_file_kb=active_kb, psi_some_avg10=0.0),
                   report_age_s=0.0)
 
-    a, b = guest(1, 6 * GiB, 3 * GiB, 2 * GiB), guest(2, 2 * GiB, 1 * GiB, 0)
-    host = HostPolicy(dom0_reserve_kb=1536 * MiB - 50 * MiB,
+    a, b = guest(1, 6 * GiB, 5 * GiB, 0), guest(2, 4 * GiB, 1 * GiB, 2 * GiB)
+    host = HostPolicy(dom0_reserve_kb=3584 * MiB - 50 * MiB,
                       defaults=VmDefaults(estimator=Estimator.PRESSURE))
     plan = decide(snapshot(a, b, free_kb=0), Policy(host=host))
     assert plan.host.budget_kb == 6656 * MiB and plan.host.short
     first, second = plan.vms
+    # An even split of the wants would cut A's working set; counting B's
+    # active cache (which may be stale) as used would too.
     assert first.target_kb >= 5 * GiB and second.target_kb >= 1 * GiB
     assert first.target_kb + second.target_kb <= plan.host.budget_kb
-    # The 512 MiB beyond the two cores is headroom, shared by weight (equal here).
+    # The 512 MiB beyond the working sets is shared by weight (equal here).
     assert first.target_kb - 5 * GiB == pytest.approx(second.target_kb - 1 * GiB, abs=8)

@@ -84,6 +84,8 @@ def test_apply_change_leaves_the_original_alone() -> None:
         ({"min_kb": "5G"}, "min 5G is above its static-max"),
         ({"weight": 0}, "weight must be a whole number from 1 to 65535"),
         ({"down_hysteresis": 0}, "down-hysteresis must be a whole number"),
+        # Unicode digits pass str.isdigit() but not int(): refused, not a crash.
+        ({"down_hysteresis": "\u00b2"}, "down-hysteresis must be a whole number"),
         ({"mode": "sometimes"}, "mode must be one of auto, fixed, off"),
         ({"estimator": "magic"}, "estimator must be one of committed"),
         ({"min_kb": "lots"}, "invalid size 'lots'"),
