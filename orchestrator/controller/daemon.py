@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from orchestrator import config as cfg
 from orchestrator.control import HostPolicy
@@ -28,6 +29,7 @@ from orchestrator.controller.metrics import MetricsExporter, MetricsServer, serv
 from orchestrator.controller.record import StoreSink
 from orchestrator.controller.status import StatusSink
 from orchestrator.controller.telemetry_sink import connect_telemetry, telemetry_settings
+from orchestrator.errors import TransientError
 from orchestrator.hypervisor import Hypervisor
 from orchestrator.hypervisor.xl import XlHypervisor
 from orchestrator.steering import StorePolicySource
@@ -112,6 +114,7 @@ async def open_daemon(
         all_sinks: list[CycleSink] = [
             StoreSink(writer), StatusSink(writer, config.controller.host_name), *sinks
         ]
+        started_at = wall_clock() if wall_clock is not None else datetime.now(UTC)
         controller = Controller(
             xs=xs,
             hypervisor=hv,
@@ -120,6 +123,7 @@ async def open_daemon(
             settings=loop_settings,
             clock=clock,
             wall_clock=wall_clock,
+            start_details=await asyncio.to_thread(previous_run, store, started_at),
         )
         daemon = Daemon(controller=controller, store=store, writer=writer, xs=xs,
                         sinks=all_sinks)
@@ -156,6 +160,34 @@ async def open_daemon(
             log.error("%d decisions/events could not be written before exit",
                       stats.queued_durable)
         store.close()
+
+
+def previous_run(store: Store, now: datetime) -> dict[str, Any]:
+    """How the previous controller of this host ended, for ``controller_started``.
+
+    ``{"previous_stop": "clean"}`` after an orderly stop; ``"unclean"`` when it
+    was killed or crashed (its start is the newest of the two events), with
+    its last heartbeat (the status it wrote after its last cycle) and how long
+    control was down: the gap in the history. Empty on a first start.
+    """
+    try:
+        last = store.events(since=datetime.fromtimestamp(0, UTC), until=now, limit=1,
+                            kinds=[EventKind.CONTROLLER_STARTED, EventKind.CONTROLLER_STOPPED])
+        status = store.status()
+    except TransientError as exc:
+        log.warning("cannot tell how the previous run ended: %s", exc)
+        return {}
+    if not last:
+        return {}
+    if last[-1].kind is EventKind.CONTROLLER_STOPPED:
+        return {"previous_stop": "clean"}
+    details: dict[str, Any] = {"previous_stop": "unclean"}
+    if status is not None:
+        details["last_heartbeat"] = status.time.isoformat()
+        details["down_s"] = round(max((now - status.time).total_seconds(), 0.0), 3)
+    log.warning("the previous controller did not stop cleanly%s",
+                f" (last heartbeat {details['last_heartbeat']})" if status is not None else "")
+    return details
 
 
 def _add_sink(daemon: Daemon, sink: CycleSink) -> None:

@@ -32,16 +32,21 @@ def _vm_event(kind: str, vm: VmPlan, **details: Any) -> ControllerEvent:
     return ControllerEvent(kind=kind, uuid=vm.uuid, name=vm.name, domid=vm.domid, details=details)
 
 
-def events_between(previous: Plan | None, plan: Plan) -> tuple[ControllerEvent, ...]:
-    """What changed between ``previous`` and ``plan`` that an operator should see."""
+def events_between(
+    previous: Plan | None, plan: Plan, *, started: Mapping[str, Any] | None = None
+) -> tuple[ControllerEvent, ...]:
+    """What changed between ``previous`` and ``plan`` that an operator should see.
+
+    ``started``: details added to ``controller_started`` (how the previous run ended).
+    """
     events: list[ControllerEvent] = []
     before = previous.by_uuid() if previous is not None else {}
     now = plan.by_uuid()
     host = plan.host
     if previous is None:
-        events.append(
-            ControllerEvent(kind="controller_started", details={"vms": len(plan.vms)})
-        )
+        events.append(ControllerEvent(
+            kind="controller_started", details={**(started or {}), "vms": len(plan.vms)}
+        ))
     else:
         if host.paused != previous.host.paused:
             events.append(ControllerEvent(kind="paused" if host.paused else "resumed"))

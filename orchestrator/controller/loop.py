@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from orchestrator.control import ControlState, Plan, Policy, Snapshot, decide
 from orchestrator.controller.actuate import ApplyResult, apply_plan
@@ -168,8 +168,12 @@ class Controller:
         settings: LoopSettings | None = None,
         clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], datetime] | None = None,
+        start_details: Mapping[str, Any] | None = None,
     ) -> None:
+        """``start_details``: added to the ``controller_started`` event of the first
+        cycle (how the previous run ended, see ``daemon.previous_run``)."""
         self._xs = xs
+        self._start_details = dict(start_details or {})
         self._hv = hypervisor
         self._policy_source = policy
         self._sinks = list(sinks)
@@ -303,8 +307,8 @@ class Controller:
         """One reconcile cycle; None when the fleet could not be observed."""
         started = time.perf_counter()
         try:
-            snapshot = await self._observe()
             loaded = await self._load_policy()
+            snapshot = await self._observe(loaded)
         except TransientError as exc:
             self.failed_cycles += 1
             if isinstance(exc, XenstoreConnectionError):
@@ -325,7 +329,8 @@ class Controller:
         applied = await apply_plan(self._xs, plan, self._views)
         applied_at = time.perf_counter()
         self._after_apply(plan, applied)
-        events = (*self._pending_events, *events_between(self._plan, plan))
+        events = (*self._pending_events,
+                  *events_between(self._plan, plan, started=self._start_details))
         self._pending_events.clear()
         self._plan = plan
         self._state = plan.state
@@ -390,7 +395,7 @@ class Controller:
 
     # ----------------------------------------------------------------- observe
 
-    async def _observe(self) -> Snapshot:
+    async def _observe(self, loaded: LoadedPolicy) -> Snapshot:
         await asyncio.sleep(0)  # let watch events that have just arrived mark their domains
         now = self.now()
         self._reads = 0
@@ -435,7 +440,8 @@ class Controller:
                 with contextlib.suppress(BaseException):
                     await task  # also retrieves an exception nobody awaited
         paused = [d for d, m in allocations.items() if m.paused]
-        snapshot = build_snapshot(self.now(), host, self._views, allocations, paused)
+        snapshot = build_snapshot(self.now(), host, self._views, allocations, paused,
+                                  unknown_age_s=_unknown_age_s(loaded))
         self._last_snapshot, self._last_allocations = snapshot, allocations
         return snapshot
 
@@ -474,7 +480,8 @@ class Controller:
             memory = self._last_allocations.get(domid)
             if memory is None:
                 return True
-            obs = observation(view, memory, now, domain_paused=memory.paused)
+            obs = observation(view, memory, now, domain_paused=memory.paused,
+                              unknown_age_s=_unknown_age_s(loaded))
             if obs is None:
                 continue  # no bounds: the cycle skips it as well
             alone = Snapshot(now_s=now, host_total_kb=last.host_total_kb,
@@ -635,6 +642,12 @@ class Controller:
                         self._changed.set()
             except XenstoreError:
                 await asyncio.sleep(1.0)
+
+
+def _unknown_age_s(loaded: LoadedPolicy) -> float:
+    """The age given to a report found at start: just past the stale limit, so the
+    VM holds its target until the report changes or has been there for dead_s."""
+    return loaded.policy.host.stale_s + 1e-3
 
 
 async def _wait_any(*events: asyncio.Event, timeout_s: float) -> None:

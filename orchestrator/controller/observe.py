@@ -77,6 +77,9 @@ class DomainView:
     """The last valid report seen (kept while later values are invalid)."""
     report_seen_s: float | None = None
     """When ``report_raw`` last changed, on the controller's clock; None: not since start."""
+    report_found_s: float | None = None
+    """When a report of unknown age (already there when the controller started) was
+    first read; its age counts from here for the dead limit (see :func:`observation`)."""
     report_error: str | None = None
     """Why the last report value was refused; None when it was valid."""
     meminfo_raw: tuple[bytes | None, bytes | None] = (None, None)
@@ -252,6 +255,7 @@ def apply_guest_keys(view: DomainView, keys: GuestKeys, now_s: float) -> DomainV
                     # A report already there when the controller started has an
                     # unknown age: it counts as fresh only once it changes.
                     report_seen_s=now_s if fresh else view.report_seen_s,
+                    report_found_s=None if fresh else now_s,
                 )
     meminfo = (keys.meminfo_total, keys.meminfo_free)
     if meminfo != view.meminfo_raw:
@@ -265,13 +269,28 @@ def apply_guest_keys(view: DomainView, keys: GuestKeys, now_s: float) -> DomainV
 
 
 def observation(
-    view: DomainView, hv: DomainMemory, now_s: float, *, domain_paused: bool = False
+    view: DomainView, hv: DomainMemory, now_s: float, *, domain_paused: bool = False,
+    unknown_age_s: float | None = None,
 ) -> VmObservation | None:
-    """The control law's view of one domain; None when a bound is unknown."""
+    """The control law's view of one domain; None when a bound is unknown.
+
+    A report of unknown age (found at start, unchanged since) is given the age
+    ``max(time since found, unknown_age_s)``: with ``unknown_age_s`` just over
+    the stale limit the VM holds its target at once, and drifts to its
+    fallback once the report has been there, unchanged, for the dead limit
+    (an agent that died before the controller started). Without it, the age
+    stays unknown and the VM holds its target until the report changes.
+    """
     static_max = view.static_max_kb if view.static_max_kb is not None else hv.max_kb
     if static_max is None:
         return None
     total_kb, free_kb = view.meminfo_kb
+    report_age_s: float | None = None
+    if view.report is not None:
+        if view.report_seen_s is not None:
+            report_age_s = now_s - view.report_seen_s
+        elif view.report_found_s is not None and unknown_age_s is not None:
+            report_age_s = max(now_s - view.report_found_s, unknown_age_s)
     return VmObservation(
         domid=view.domid,
         uuid=view.uuid,
@@ -281,9 +300,7 @@ def observation(
         target_kb=view.target_kb,
         memory_offset_kb=view.videoram_kb,
         report=view.report,
-        report_age_s=(now_s - view.report_seen_s)
-        if view.report is not None and view.report_seen_s is not None
-        else None,
+        report_age_s=report_age_s,
         meminfo_total_kb=total_kb,
         meminfo_free_kb=free_kb,
         meminfo_age_s=(now_s - view.meminfo_seen_s) if view.meminfo_seen_s is not None else None,
@@ -298,8 +315,11 @@ def build_snapshot(
     views: Mapping[int, DomainView],
     allocations: Mapping[int, DomainMemory],
     paused_domids: Iterable[int] = (),
+    *,
+    unknown_age_s: float | None = None,
 ) -> Snapshot:
-    """The immutable snapshot of one cycle: every guest with known bounds."""
+    """The immutable snapshot of one cycle: every guest with known bounds
+    (``unknown_age_s``: see :func:`observation`)."""
     paused = set(paused_domids)
     vms = []
     seen_uuids: set[str] = set()
@@ -308,7 +328,8 @@ def build_snapshot(
         view = views[domid]
         if domid == 0 or hv is None or view.uuid in seen_uuids:
             continue
-        obs = observation(view, hv, now_s, domain_paused=domid in paused)
+        obs = observation(view, hv, now_s, domain_paused=domid in paused,
+                          unknown_age_s=unknown_age_s)
         if obs is not None:
             seen_uuids.add(view.uuid)
             vms.append(obs)

@@ -315,6 +315,8 @@ class TargetWatcher:
     socket_path: Path
     domids: Sequence[int]
     writes: list[TargetWrite] = field(default_factory=list)
+    on_write: Callable[[TargetWrite], None] | None = None
+    """Called at once for every write seen (e.g. to kill the writer mid-cycle)."""
     _xs: PyxsClient | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -344,12 +346,12 @@ class TargetWatcher:
                     first = False
                     ready.set()
                     continue
-                try:
-                    raw = await self._xs.read(path)
-                    value: int | None = int(raw)
-                except (XenstoreError, ValueError):
-                    value = None
-                self.writes.append(TargetWrite(time.monotonic(), domid, value))
+                write = TargetWrite(time.monotonic(), domid, None)
+                self.writes.append(write)
+                if self.on_write is not None:
+                    self.on_write(write)  # before the read: as soon as it is seen
+                with contextlib.suppress(XenstoreError, ValueError):
+                    write.value = int(await self._xs.read(path))
 
 
 class DatabaseLock:
