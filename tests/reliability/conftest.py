@@ -138,10 +138,10 @@ def upgrade_db(db: Path) -> None:
 @contextlib.asynccontextmanager
 async def daemon_host(
     workdir: Path, domains: Sequence[Domain], *, interval_s: float = 0.5,
-    store: cfg.StoreConfig | None = None, host_name: str = "rel-host",
+    store: cfg.StoreConfig | None = None, host_name: str = "rel-host", db: Path | None = None,
 ) -> AsyncIterator[DaemonHost]:
     """Start xenstored (in this process), the domains, the daemon and its loop."""
-    db = workdir / "ballast.db"
+    db = db or workdir / "ballast.db"
     upgrade_db(db)
     config = cfg.Config(
         controller=cfg.ControllerConfig(host_name=host_name, xenstore=str(workdir / "xs"),
