@@ -42,7 +42,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator.store.records import ALL_FIGURES, Resolution
-from orchestrator.store.schema import SLOT_MS, rollup_marks, rollups, samples
+from orchestrator.store.schema import SLOT_MS, domains, rollup_marks, rollups, samples
 
 ROLLUP_RESOLUTIONS: tuple[Resolution, ...] = (Resolution.MINUTE, Resolution.HOUR)
 AGGREGATES = ("min", "max", "mean", "last")
@@ -171,6 +171,10 @@ def _recompute_statements(res: Resolution, by_domain: bool) -> tuple[Delete, Ins
     )
     if by_domain:
         cond = and_(cond, rollups.c.domain_id.in_(bindparam("domain_ids", expanding=True)))
+    else:
+        # Rollups are keyed by VM first: name the VMs, so the delete is one
+        # primary-key range per VM instead of a scan of the resolution.
+        cond = and_(cond, rollups.c.domain_id.in_(select(domains.c.id)))
     names = ["res_s", "domain_id", "t_ms", "n", *ROLLUP_FIGURE_COLUMNS]
     return (
         delete(rollups).where(cond),

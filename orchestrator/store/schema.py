@@ -6,13 +6,13 @@ test keeps them in step). Times are integer milliseconds since the Unix epoch
 KiB integers. Documents (policies, settings, event details, audit values) are
 JSON text, opaque to the store.
 
-Samples and rollups are clustered by time first, then VM: samples by
-10-second slot (`slot = t_ms // SLOT_MS`), rollups by bucket start. Every
-batch then appends to the end of the b-tree instead of rewriting the newest
-page of every VM, so the disk writes per sample stay small however many VMs
-there are, and retention deletes from the front. A VM's history is read by
-one primary-key seek per slot or bucket. On SQLite both are WITHOUT ROWID
-tables: the primary key is the table.
+Raw samples are clustered by time first, then VM (`slot = t_ms // SLOT_MS`,
+10-second slots): every batch appends to the end of the b-tree instead of
+rewriting the newest page of every VM, so disk writes per sample stay small
+however many VMs there are, and retention deletes from the front; a VM's raw
+history is one primary-key seek per slot. Rollups, written in runs of many
+buckets, are clustered by VM, so a VM's day or month is one contiguous range.
+On SQLite both are WITHOUT ROWID tables: the primary key is the table.
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ rollups = Table(
     "rollups",
     metadata,
     Column("res_s", SmallInteger, primary_key=True),
-    Column("t_ms", BigInteger, primary_key=True),
     Column("domain_id", Integer, ForeignKey("domains.id"), primary_key=True),
+    Column("t_ms", BigInteger, primary_key=True),
     Column("n", Integer, nullable=False),
     *(
         Column(f"{fig.column}_{agg}", _figure_type(fig), nullable=True)

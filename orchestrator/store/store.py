@@ -105,10 +105,10 @@ DAY_S = 86400.0
 MAX_RETENTION_S = 10 * 366 * DAY_S
 # The domains row's last_seen is refreshed at most this often per VM.
 LAST_SEEN_REFRESH_MS = 300_000
-# Retention deletes at most this many slots (1 h) or buckets per transaction,
-# so other writers get the lock in between.
+# Retention deletes at most this many slots (1 h) of raw samples, or the
+# rollups of this many VMs, per transaction, so other writers get the lock.
 PRUNE_SLOTS_PER_TX = 360
-PRUNE_BUCKETS_PER_TX = 60
+PRUNE_DOMAINS_PER_TX = 200
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,6 +166,10 @@ class StoreConfig:
     rollup_chunk_s: float = 86400.0
     """Longest span of buckets rolled up per step (`rollup_rows_per_tx`
     usually bounds it first)."""
+    rollup_run_s: float = 600.0
+    """Minute buckets are rolled up once at least this much is closed: each
+    run writes one page per VM, so longer runs mean fewer disk writes (the
+    history of the last minutes is aggregated from raw samples meanwhile)."""
     rollup_rows_per_tx: int = 50_000
     """About how many raw samples one rollup transaction reads: a chunk of a
     large fleet is split by VMs so the write lock is never held for long."""
@@ -183,6 +187,8 @@ class StoreConfig:
             raise UsageError("rollup_grace_s must be between 0 and 3600")
         if not 60 <= self.rollup_chunk_s <= 86400:
             raise UsageError("rollup_chunk_s must be between 60 and 86400")
+        if not 0 <= self.rollup_run_s <= 3600:
+            raise UsageError("rollup_run_s must be between 0 and 3600")
         if not 100 <= self.rollup_rows_per_tx <= 10_000_000:
             raise UsageError("rollup_rows_per_tx must be between 100 and 10,000,000")
         if not 0.001 <= self.busy_timeout_s <= 600:
@@ -706,6 +712,8 @@ class Store:
             min(int(self.config.rollup_chunk_s * 1000), rows_span_ms), res
         )
         chunk_ms = max(step_ms, chunk_ms)
+        min_run_ms = int(self.config.rollup_run_s * 1000) if res is Resolution.MINUTE else 0
+        first_run = True
         written = 0
         while True:
             with self._write() as conn:
@@ -715,8 +723,9 @@ class Store:
                     return end_ms if first is None else min(rollup.bucket_start(first, res), end_ms)
 
                 mark = rollup.lock_mark(conn, res, initial)
-                if mark >= end_ms:
+                if mark >= end_ms or (first_run and end_ms - mark < min_run_ms):
                     return written, mark
+                first_run = False
                 nxt = rollup.earliest_sample_ms(conn, at_or_after=mark)
                 if nxt is None or rollup.bucket_start(nxt, res) >= end_ms:
                     rollup.set_mark(conn, res, end_ms)
@@ -760,16 +769,27 @@ class Store:
         pruned["samples"] = self._delete_before(
             samples.c.slot, raw_cut // SLOT_MS, PRUNE_SLOTS_PER_TX, samples.c.slot >= 0
         )
+        # Rollups are keyed by VM first: one primary-key range per VM.
+        with self._read() as conn:
+            domain_ids = [int(i) for i in conn.execute(select(domains.c.id)).scalars()]
         for name, res, keep_s in (
             ("rollups_1m", Resolution.MINUTE, keep.minute_s),
             ("rollups_1h", Resolution.HOUR, keep.hour_s),
         ):
-            pruned[name] = self._delete_before(
-                rollups.c.t_ms,
-                now_ms - int(keep_s * 1000),
-                PRUNE_BUCKETS_PER_TX * res.value * 1000,
+            cond = and_(
                 rollups.c.res_s == res.value,
+                rollups.c.domain_id == bindparam("d"),
+                rollups.c.t_ms < now_ms - int(keep_s * 1000),
             )
+            count = 0
+            for i in range(0, len(domain_ids), PRUNE_DOMAINS_PER_TX):
+                with self._write() as conn:
+                    result = conn.execute(
+                        delete(rollups).where(cond),
+                        [{"d": d} for d in domain_ids[i : i + PRUNE_DOMAINS_PER_TX]],
+                    )
+                    count += max(result.rowcount, 0)
+            pruned[name] = count
         with self._write() as conn:
             pruned["decisions"] = max(
                 conn.execute(
@@ -911,20 +931,17 @@ class Store:
         names = [f"{f.column}_{agg}" for f in figs for agg in rollup.AGGREGATES]
         rows: list[Any] = []
         if mark is not None and mark > first:
-            # One primary-key seek per bucket of the range.
-            step_ms = res.value * 1000
-            buckets = list(range(first, min(end_ms + 1, mark), step_ms))
-            query = (
+            # One contiguous primary-key range: rollups are keyed by VM first.
+            rows += conn.execute(
                 select(rollups.c.t_ms, rollups.c.n, *(rollups.c[n] for n in names))
                 .where(
                     rollups.c.res_s == res.value,
-                    rollups.c.t_ms.in_(bindparam("buckets", expanding=True)),
                     rollups.c.domain_id == domain_id,
+                    rollups.c.t_ms >= first,
+                    rollups.c.t_ms < min(end_ms + 1, mark),
                 )
                 .order_by(rollups.c.t_ms)
-            )
-            for chunk in _chunks(buckets, rollup.MAX_SLOTS_PER_QUERY):
-                rows += conn.execute(query, {"buckets": chunk}).all()
+            ).all()
         tail_start = first if mark is None else max(first, mark)
         oldest_raw = rollup.earliest_sample_ms(conn)
         if oldest_raw is not None:

@@ -220,6 +220,22 @@ def test_large_fleet_rollups_are_split_by_vm(migrated_url: URL, clock: FakeClock
             _check_against_reference(store, d, written[d.uuid])
 
 
+def test_minute_rollups_are_written_in_runs(store: Store, clock: FakeClock) -> None:
+    dom = vm(1)
+    clock.set(T0)
+    store.write([sample(dom, t, demand_kb=i) for i, t in enumerate(every(T0, 5, 12 * 20))])
+    grace = store.config.rollup_grace_s
+    clock.set(T0 + timedelta(minutes=5, seconds=grace))
+    assert store.maintain().rolled_up[Resolution.MINUTE] == 0  # a run is 10 minutes
+    # History does not wait: the closed minutes are aggregated from raw samples.
+    early = store.history(dom, since=T0, until=T0 + timedelta(seconds=299), resolution="1m")
+    assert list(early.counts) == [12] * 5
+    clock.set(T0 + timedelta(minutes=12, seconds=grace))
+    assert store.maintain().rolled_up[Resolution.MINUTE] == 12
+    stored = store.history(dom, since=T0, until=T0 + timedelta(seconds=299), resolution="1m")
+    assert stored.values == early.values and stored.times == early.times
+
+
 def test_late_sample_recomputes_its_bucket(store: Store, clock: FakeClock) -> None:
     dom = vm(1)
     clock.set(T0)
