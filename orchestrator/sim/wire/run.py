@@ -147,7 +147,8 @@ class SimStats:
     last: CycleResult | None = None
     """The newest cycle."""
     settled_at_s: float | None = None
-    """Virtual time of the first cycle in which every VM's report had a known age."""
+    """Virtual time of the first cycle in which the controller had seen every VM's
+    report change (from then on every report's age is known)."""
 
     def gaps_s(self) -> list[float]:
         """Virtual gaps between consecutive cycles."""
@@ -180,7 +181,11 @@ class _StatsSink:
         stats.last = result
         ages = [obs.report_age_s for obs in result.snapshot.vms]
         if stats.settled_at_s is None:
-            if ages and all(a is not None for a in ages):
+            # Settled once the controller has seen every VM's report change: a
+            # report already there at its start has an unknown age, which the
+            # controller counts as stale until the agent writes again.
+            views = result.views.values()
+            if ages and all(view.report_seen_s is not None for view in views):
                 stats.settled_at_s = now
             return
         known = [a for a in ages if a is not None]
