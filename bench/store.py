@@ -39,12 +39,13 @@ import math
 import os
 import random
 import shutil
+import sqlite3
 import statistics
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -497,6 +498,15 @@ def build_history(path: Path, vms: int, days: int) -> tuple[Store, VirtualClock,
     return store, clock, timings
 
 
+def reopen_history(path: Path) -> Store:
+    """A kept synthetic database, migrated, with the clock at its newest sample."""
+    url = resolve_db_url(str(path))
+    migrate.upgrade(url)
+    with closing(sqlite3.connect(path)) as conn:
+        newest_ms = conn.execute("SELECT max(last_sample_ms) FROM domains").fetchone()[0]
+    return open_store(url, config=StoreConfig(host="bench"), clock=lambda: newest_ms / 1000)
+
+
 def timed_ms(fn: Callable[[], object], repeat: int) -> tuple[float, float, float, float]:
     """(first wall, median wall, p95 wall, median CPU) in ms; the first run is
     reported apart and left out of the statistics."""
@@ -608,6 +618,9 @@ def main() -> None:
     parser.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
     parser.add_argument("--dir", type=Path, default=Path(__file__).parent / "out" / "store")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic database")
+    parser.add_argument(
+        "--reuse", action="store_true", help="query a kept synthetic database instead of building"
+    )
     parser.add_argument("--ingest-samples", type=int, default=300_000)
     parser.add_argument("--baseline-samples", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=30)
@@ -634,19 +647,23 @@ def main() -> None:
         return
 
     path = args.dir / "history.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    print(f"\n== 2a. building {args.vms:,} VMs x {args.days} days with the store's writer ==")
-    started = time.perf_counter()
-    store, _clock, timings = build_history(path, args.vms, args.days)
-    total = timings["old samples"] + timings["raw samples"]
-    print(
-        f"built in {time.perf_counter() - started:,.0f} s: {timings['old samples']:,.0f} "
-        f"per-minute samples for older days ({timings.get('old', 0):,.0f} s), "
-        f"{timings['raw samples']:,.0f} 5-second samples ({timings['raw']:,.0f} s), "
-        f"{total / (timings.get('old', 0) + timings['raw']):,.0f} samples/s overall incl. "
-        f"rollups and pruning"
-    )
+    if args.reuse and path.exists():
+        store = reopen_history(path)
+        print(f"\n== 2a. reusing {path} (migrated to the newest schema) ==")
+    else:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        print(f"\n== 2a. building {args.vms:,} VMs x {args.days} days with the store's writer ==")
+        started = time.perf_counter()
+        store, _clock, timings = build_history(path, args.vms, args.days)
+        total = timings["old samples"] + timings["raw samples"]
+        print(
+            f"built in {time.perf_counter() - started:,.0f} s: {timings['old samples']:,.0f} "
+            f"per-minute samples for older days ({timings.get('old', 0):,.0f} s), "
+            f"{timings['raw samples']:,.0f} 5-second samples ({timings['raw']:,.0f} s), "
+            f"{total / (timings.get('old', 0) + timings['raw']):,.0f} samples/s overall incl. "
+            f"rollups and pruning"
+        )
     print(f"load average now {load_average()}")
     section_queries(store, args.vms, args.days, args.repeat)
     section_size(store, path, args.vms, args.days, ingest.get("pg_bytes_per_sample"))
