@@ -132,11 +132,7 @@ def plan_writes(
     unreportable: str | None = None
     try:
         candidate = to_report(sample, seq=state.next_seq, ack=state.ack)
-        raw = encode_report(candidate)
-        # The controller decodes strictly; a report it would reject (figures
-        # read at slightly different moments can disagree) is not sent.
-        decode_report(raw)
-    except (IncompleteSample, InvalidDocument) as exc:
+    except IncompleteSample as exc:
         unreportable = str(exc)
     else:
         reason = report_reason(
@@ -148,7 +144,16 @@ def plan_writes(
             new_ack=not state.ack_sent,
         )
         if reason is not None:
-            report = candidate
+            # Encoded (and checked) only when it is going out: most samples are
+            # not sent. The controller decodes strictly; a report it would reject
+            # (figures read at slightly different moments can disagree) is not sent.
+            try:
+                raw = encode_report(candidate)
+                decode_report(raw)
+            except InvalidDocument as exc:
+                unreportable, reason = str(exc), None
+            else:
+                report = candidate
     meminfo_due = report is not None or (
         unreportable is not None
         and (

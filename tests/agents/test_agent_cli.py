@@ -101,7 +101,9 @@ def test_both_commands_refuse_bad_values_in_one_line(capsys: pytest.CaptureFixtu
 
 def test_both_commands_offer_the_same_options() -> None:
     standalone = {o for a in parser()._actions for o in a.option_strings} - {"-h", "--help"}
-    command = typer.main.get_command(app).commands["agent"]  # type: ignore[attr-defined]
+    root = typer.main.get_command(app)
+    ctx = root.make_context("ballast", [], resilient_parsing=True)
+    command = root.get_command(ctx, "agent")  # type: ignore[attr-defined]
     dom0 = {o for p in command.params for o in p.opts}
     assert standalone == dom0
 
