@@ -52,7 +52,7 @@ def _load(name: str, spec: _Lazy) -> Any:
     if spec.group:
         command = typer.main.get_group(target)
     else:
-        single = typer.Typer()
+        single = typer.Typer(add_completion=False)
         single.command(name)(target)
         command = typer.main.get_command(single)
     command.name = name
