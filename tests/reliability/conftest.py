@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -55,6 +55,8 @@ class ReportingGuest:
     psi: float = 0.0
     period_s: float = 0.2
     silent: bool = False
+    allocation: Callable[[], int] | None = None
+    """Where MemTotal comes from, if it follows the balloon (else ``total_kb``)."""
     seq: int = 0
     written: int = 0
     failures: int = 0
@@ -71,6 +73,8 @@ class ReportingGuest:
         """Write one report now (fails if xenstore is down)."""
         assert self._client is not None
         self.seq += 1
+        if self.allocation is not None:
+            self.total_kb = self.allocation()
         report = make_report(seq=self.seq, total_kb=self.total_kb,
                              committed_kb=self.committed_kb, psi=self.psi)
         await self._client.write("data/ballast/report", encode_report(report))
