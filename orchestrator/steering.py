@@ -33,6 +33,7 @@ from orchestrator.control import (
 from orchestrator.control.policy import (
     HOST_FIELDS,
     coerce_value,
+    field_label,
     policy_fields,
     vm_from_dict,
     vm_to_dict,
@@ -45,6 +46,13 @@ from orchestrator.store.records import AuditSource, HostSettings, PolicyRecord
 from orchestrator.store.store import Store
 
 HOST_POLICY_KEY = "policy"
+
+# xen-selfballoon.c: a guest with less than MB(16) of usable memory is not
+# ballooned at all by its own kernel. No target, minimum, maximum or fallback
+# below this can be meant for a running guest; refusing it catches sizes given
+# without a suffix (KiB) where MiB or GiB were meant ("--max 4096").
+MIN_GUEST_KB = 16 * 1024
+_MEMORY_FIELDS = ("min_kb", "max_kb", "target_kb", "fallback_kb")
 
 
 def _plain(value: object) -> object:
@@ -146,6 +154,7 @@ def change_vm_policy(
         for name in unset_names:
             merged.pop(name, None)
         new_vm = vm_from_dict(merged, where=f"VM {ref.name}")
+        _check_guest_sizes({n: getattr(new_vm, n) for n in coerced}, f"VM {ref.name}")
         validate_policy(Policy(host=host, vms={ref.uuid: new_vm}), context)
         return vm_to_dict(new_vm)
 
@@ -178,6 +187,9 @@ def change_host_policy(
         overrides.pop(_host_field(name), None)
     if "paused" in overrides:
         raise PolicyError("use `ballast pause` / `ballast resume` to pause or resume control")
+    changed = [_host_field(name) for name in set_fields]
+    _check_guest_sizes({name.removeprefix("defaults."): overrides[name] for name in changed},
+                       "default")
     # Validate the result exactly as the controller will compute it.
     trial = replace(settings, document={**settings.document, HOST_POLICY_KEY: overrides})
     validate_policy(Policy(host=host_policy(base or HostPolicy(), trial)))
@@ -185,6 +197,17 @@ def change_host_policy(
     return ChangeResult(
         vm=None, version=new.version, document=overrides, changed=new.version != settings.version
     )
+
+
+def _check_guest_sizes(values: Mapping[str, object], where: str) -> None:
+    """Refuse memory sizes no guest can run in (see :data:`MIN_GUEST_KB`)."""
+    for name in _MEMORY_FIELDS:
+        value = values.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value < MIN_GUEST_KB:
+            raise PolicyError(
+                f"{where}: {field_label(name)} {value} KiB is below 16 MiB, less than any "
+                f"guest runs in; sizes without a suffix are KiB (did you mean {value}M?)"
+            )
 
 
 def _host_field(name: str) -> str:
