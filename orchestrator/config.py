@@ -219,8 +219,17 @@ def validate(config: Config, source: str = "configuration") -> Config:
 
 
 def check_file_safety(path: Path) -> None:
-    """Refuse a configuration file that other users can write."""
+    """Refuse a configuration file that other users can write, or replace: its
+    directory (and, for a symlink, the target's) writable by others without the
+    sticky bit."""
     info = path.stat()
+    for directory in dict.fromkeys((path.absolute().parent, path.resolve().parent)):
+        mode = directory.stat().st_mode
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            raise UsageError(
+                f"{directory} is world-writable: anyone could replace {path.name} and steer "
+                f"every VM's memory. Run: chmod o-w {directory}"
+            )
     if info.st_mode & stat.S_IWOTH:
         raise UsageError(
             f"{path} is world-writable; anyone could steer every VM's memory. "
