@@ -578,7 +578,7 @@ class XenstoreServer:
         if packet.tx_id != 0:
             raise Refused("EBUSY")
         limit = self.settings.quotas.transactions_per_connection
-        if not conn.privileged and len(conn.transactions) >= limit:
+        if not conn.privileged and len(conn.transactions) > limit:
             raise Refused("ENOSPC")
         tx_id = conn.next_tx_id
         while tx_id == 0 or tx_id in conn.transactions:

@@ -69,8 +69,6 @@ KNOWN_DIFFERENCES: dict[str, str] = {
     "guest.quota.nodes_error": "node quota error name: oxenstored EQUOTA, Ballast ENOSPC",
     "guest.quota.transactions_error": "transaction quota error name: oxenstored EQUOTA, "
                                       "Ballast ENOSPC",
-    "guest.quota.transactions_opened": "oxenstored lets a guest open 11 transactions "
-                                       "(quota-transaction 10, checked after opening); Ballast 10",
     "guest.quota.value_2049": "value over 2048 bytes: oxenstored E2BIG, Ballast ENOSPC",
     "guest.quota.value_4000": "value over 2048 bytes: oxenstored E2BIG, Ballast ENOSPC",
     "guest.quota.watches_registered": "oxenstored allows 100 watches per domain "
@@ -96,8 +94,6 @@ C_KNOWN_DIFFERENCES: dict[str, str] = {
     "guest.big.directory": _C_NODES,
     "guest.big.directory_part": _C_NODES,
     "guest.big.xenstore_list": _C_NODES,
-    "guest.quota.transactions_opened": "C xenstored, like oxenstored, lets a guest open 11 "
-                                       "transactions; Ballast 10",
     "guest.quota.value_2048": "C xenstored refuses a 2048-byte value (ENOSPC: it counts the "
                               "node's whole size); Ballast and oxenstored accept it",
     "guest.quota.watches_error": "past the watch quota the guest's xenbus device fails the "

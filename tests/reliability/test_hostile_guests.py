@@ -476,7 +476,8 @@ asyncio.run(main(sys.argv[1], float(sys.argv[2])))
 
 async def test_quota_exhaustion_by_one_guest_affects_only_that_guest(workdir: Path) -> None:
     """One guest fills its node quota, its watch quota and its transaction quota
-    (C xenstored's defaults: 1000 nodes, 128 watches, 10 transactions); the
+    (C xenstored's defaults: 1000 nodes, 128 watches, 10 transactions, of
+    which, as in both real daemons, 11 can be open); the
     others report and are controlled as before, and dom0 still reaches it."""
     async with hostile_host(workdir, separate_xenstored=False, host_kb=96 * GIB_KB,
                             honest_committed_kb=GIB_KB, honest_max_kb=24 * GIB_KB) as host:
