@@ -2,17 +2,21 @@
 
 Thin shells over `orchestrator.store.migrate`. The database is a SQLite file
 path or a `postgresql+psycopg://` URL, from `--db`, else `$BALLAST_DB`, else
-/var/lib/ballast/ballast.db.
+the configuration's `[store] url` (as `ballast run` finds it), whose default
+is /var/lib/ballast/ballast.db.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
+from sqlalchemy.engine import URL
 
+from orchestrator.cli.common import CONFIG_OPTION, db_url, load_config
 from orchestrator.store import migrate
-from orchestrator.store.engine import DB_ENV, DEFAULT_DB_PATH, display_url, resolve_db_url
+from orchestrator.store.engine import DB_ENV, display_url, resolve_db_url
 
 app = typer.Typer(
     help="Create, inspect and migrate the history database (SQLite or PostgreSQL).",
@@ -24,16 +28,22 @@ _DB_OPTION = typer.Option(
     "--db",
     help=(
         "History database: a SQLite file path or a postgresql+psycopg:// URL "
-        f"(default: ${DB_ENV}, else {DEFAULT_DB_PATH})."
+        f"(default: ${DB_ENV}, else the configuration's [store] url)."
     ),
     show_default=False,
 )
+
+
+def _url(db: str | None, config: Path | None) -> URL:
+    """The database `ballast run` would use with the same --db and --config."""
+    return resolve_db_url(db_url(db, load_config(config)))
 
 
 @app.command("upgrade")
 def upgrade(
     db: str | None = _DB_OPTION,
     revision: str = typer.Option("head", "--to", help="Revision to migrate to."),
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Create the history database, or migrate it to the newest schema.
 
@@ -42,7 +52,7 @@ def upgrade(
 
     Example: ballast db upgrade --db /var/lib/ballast/ballast.db
     """
-    done = migrate.upgrade(resolve_db_url(db), revision)
+    done = migrate.upgrade(_url(db, config), revision)
     if done.before.current == done.after.current:
         typer.echo(f"{done.after.database}: already at schema {done.after.current}")
     else:
@@ -54,6 +64,7 @@ def upgrade(
 def current(
     db: str | None = _DB_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Show the database's schema revision and whether it is up to date.
 
@@ -61,7 +72,7 @@ def current(
 
     Example: ballast db current --db postgresql+psycopg://ballast@db/ballast
     """
-    status = migrate.status(resolve_db_url(db))
+    status = migrate.status(_url(db, config))
     if status.current is None:
         verdict = "not initialised: run `ballast db upgrade`"
     elif not status.known:
@@ -91,6 +102,7 @@ def downgrade(
     ),
     db: str | None = _DB_OPTION,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Migrate the history database back to an older schema.
 
@@ -99,7 +111,7 @@ def downgrade(
 
     Example: ballast db downgrade base --db ./demo/ballast.db --yes
     """
-    url = resolve_db_url(db)
+    url = _url(db, config)
     if not yes:
         typer.confirm(
             f"Downgrade {display_url(url)} to {revision}? History may be lost", abort=True

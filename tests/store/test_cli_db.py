@@ -56,6 +56,23 @@ def test_database_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert path.exists() and migrate.status(resolve_db_url(str(path))).up_to_date
 
 
+def test_database_from_the_configuration_as_ballast_run_finds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BALLAST_DB", raising=False)
+    path = tmp_path / "from-config.db"
+    config = tmp_path / "ballast.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{path}"\n')
+    config.chmod(0o600)
+    result = runner.invoke(app, ["db", "upgrade", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert migrate.status(resolve_db_url(str(path))).up_to_date
+    monkeypatch.setenv("BALLAST_CONFIG", str(config))
+    current = runner.invoke(app, ["db", "current", "--json"])
+    assert current.exit_code == 0, current.output
+    assert json.loads(current.output)["database"].endswith("from-config.db")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
