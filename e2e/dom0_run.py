@@ -503,15 +503,31 @@ class Scenario:
             seen[name] = vm_state(entry)
         figures = []
         for name, domid in self.domids.items():
-            report = self.xs.report(domid)
-            state = self.xs.state(domid)
-            if report is None:
-                raise CheckFailed(f"{name}: no valid report in xenstore")
-            own, reported = state.get("mem_total_kb"), report.get("mem_total_kb")
-            if not own or not reported or abs(own - reported) > 0.02 * own:
-                raise CheckFailed(f"{name}: reported mem_total_kb {reported} but the guest's "
-                                  f"/proc/meminfo says {own}")
-            figures.append(f"{name} MemTotal {reported} kB, Committed_AS "
+            # While the balloon moves, the guest's own figure (every 2 s) and
+            # its agent's report (on a change past its threshold) are taken
+            # at different moments: they must agree once it settles.
+            last = ""
+
+            def agree(name: str = name, domid: int = domid) -> dict[str, Any] | None:
+                nonlocal last
+                report = self.xs.report(domid)
+                state = self.xs.state(domid)
+                if report is None:
+                    last = f"{name}: no valid report in xenstore"
+                    return None
+                own, reported = state.get("mem_total_kb"), report.get("mem_total_kb")
+                if not own or not reported or abs(own - reported) > 0.02 * own:
+                    last = (f"{name}: reported mem_total_kb {reported} but the guest's "
+                            f"/proc/meminfo says {own}")
+                    return None
+                return report
+
+            try:
+                report = wait_for(f"{name}'s report to agree with its /proc/meminfo", agree,
+                                  timeout_s=60)
+            except CheckFailed as exc:
+                raise CheckFailed(f"{exc}: {last}") from None
+            figures.append(f"{name} MemTotal {report.get('mem_total_kb')} kB, Committed_AS "
                            f"{report.get('committed_as_kb')} kB ({seen[name]})")
         return "; ".join(figures)
 
@@ -542,8 +558,11 @@ class Scenario:
                               f"{self.guest_mib(g)} MiB (was {m0}), Xen free "
                               f"{xl_info().get('free_memory')} MiB, guest sees "
                               f"{self.xs.state(domid)}") from None
-        wait_for("g1 to hold its 200 MiB", lambda: self.xs.state(domid).get("touched_mib", 0)
-                 >= 190, timeout_s=90)
+        # Under emulation touching pages is slow, and the guest touches only
+        # while MemAvailable stays above its margin: well over half is enough
+        # to show the memory in use before it is freed.
+        wait_for("g1 to touch 128 MiB of its 200", lambda: self.xs.state(domid)
+                 .get("touched_mib", 0) >= 128, timeout_s=120)
         m_up = self.guest_mib(g)
         own_up = self.xs.state(domid).get("mem_total_kb")
         peak = max(self.targets()[g] or 0, t_up)
@@ -573,14 +592,17 @@ class Scenario:
         self.require_controller()
         g, domid = "g2", self.domids["g2"]
         cap_mib = 224
-        self.xs.ctl(domid, alloc_mib=256)
-        wait_for("g2's demand to show in its report",
-                 lambda: ((self.xs.report(domid) or {}).get("committed_as_kb") or 0)
-                 > (cap_mib + 40) * KIB_PER_MIB, timeout_s=60)
+        # The cap first, then the demand: a guest already using more than a
+        # new cap is ballooned below its use and meets the OOM killer, as the
+        # operator asked (seen here: g2's workload was killed that way).
         must(["ballast", "policy", "set", g, "--max", f"{cap_mib}M"])
         wait_for(f"g2's target to be capped at {cap_mib} MiB",
                  lambda: (t := self.targets()[g]) is not None and t <= cap_mib * KIB_PER_MIB,
                  timeout_s=30)
+        self.xs.ctl(domid, alloc_mib=256)
+        wait_for("g2's demand to show in its report",
+                 lambda: ((self.xs.report(domid) or {}).get("committed_as_kb") or 0)
+                 > (cap_mib + 40) * KIB_PER_MIB, timeout_s=60)
         observed = []
         for _ in range(3):
             time.sleep(INTERVAL_S)

@@ -146,3 +146,22 @@ def test_pipeline_counts_successes_up_to_the_first_refusal() -> None:
     assert (done, error) == (3, "EQUOTA")
     conn.close()
     thread.join(timeout=5)
+
+
+def test_check7_passes_known_differences_and_fails_a_new_one() -> None:
+    known_key = next(iter(host.xs_known.KNOWN_DIFFERENCES))
+    probes = {known_key, "dom0.read", "dom0.write"}
+    known = [xc.Difference(known_key, "err:ENOSYS", "ok")]
+    ok, detail = host.judge_differences(known, probes, "oxenstored")
+    assert ok and "2 of 3 probes agree" in detail
+    new = [*known, xc.Difference("dom0.read", "value", "err:ENOENT")]
+    ok, detail = host.judge_differences(new, probes, "oxenstored")
+    assert not ok and "dom0.read" in detail and known_key not in detail
+    # A difference known for oxenstored is new against C xenstored.
+    c_only = set(host.xs_known.KNOWN_DIFFERENCES) - set(host.xs_known.C_KNOWN_DIFFERENCES)
+    key = sorted(c_only)[0]
+    ok, _ = host.judge_differences([xc.Difference(key, "a", "b")], {key}, "xenstored")
+    assert not ok
+    # A known difference that went away is pointed out, not failed.
+    ok, detail = host.judge_differences([], probes, "oxenstored")
+    assert ok and "remove from e2e/xs_known.py" in detail and known_key in detail
