@@ -4,6 +4,8 @@ Usage::
 
     .venv/bin/python bench/soak.py                        # 200 VMs, 30 min, 10x, seed 1
     .venv/bin/python bench/soak.py --vms 40 --minutes 2   # a short one
+    .venv/bin/python bench/soak.py --faults xenstored,agents-kill,agents-hang,db-lock,broker
+                                   # the controller never killed: one process's RSS over 30 min
 
 Every part runs as on a real host, each in its own process, in virtual time
 at ``--speed`` times the wall clock (docs/simulation.md, "Wire level"):
@@ -596,7 +598,7 @@ async def run_soak(args: argparse.Namespace) -> int:
                 next_oom = now + 60
             if now >= next_fault and now < end - 20:
                 if not order:
-                    order = list(FAULTS)
+                    order = list(args.faults)
                     rng.shuffle(order)
                 kind = order.pop()
                 report.faults[kind] += 1
@@ -717,6 +719,17 @@ def summarise(report: Report, db: Path, args: argparse.Namespace, workdir: Path)
             print(f"  pid {pid}: {samples[0][1] / 1024:.1f} at {samples[0][0]:.0f} s -> "
                   f"{samples[-1][1] / 1024:.1f} at {samples[-1][0]:.0f} s "
                   f"({len(samples)} samples)")
+    longest = max(report.rss_kb.values(), key=len, default=[])
+    if len(longest) >= 4:
+        # Whether it levels off: the longest-lived process, a sample every ~5 min.
+        t0 = longest[0][0]
+        marks, next_mark = [], t0
+        for at, kb in longest:
+            if at >= next_mark:
+                marks.append(f"{kb / 1024:.1f} at {(at - t0) / 60:.0f} min")
+                next_mark = at + 300
+        print(f"  longest-lived, over its life: {', '.join(marks)}; last "
+              f"{longest[-1][1] / 1024:.1f} at {(longest[-1][0] - t0) / 60:.0f} min")
     with sqlite3.connect(db) as conn:
         integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
         events = dict(conn.execute("SELECT kind, count(*) FROM events GROUP BY kind").fetchall())
@@ -742,9 +755,15 @@ def main() -> int:
     parser.add_argument("--speed", type=float, default=10.0, help="virtual s per wall s")
     parser.add_argument("--fault-every", type=float, default=60.0, help="wall seconds")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--faults", default=",".join(FAULTS),
+                        help=f"kinds to inject, comma-separated (default all: {','.join(FAULTS)})")
     parser.add_argument("--dir", default="", help="working directory (default: a new one in /tmp)")
     parser.add_argument("--host-process", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.faults = tuple(k.strip() for k in args.faults.split(",") if k.strip())
+    unknown = sorted(set(args.faults) - set(FAULTS))
+    if unknown or not args.faults:
+        parser.error(f"--faults: unknown kinds {unknown}; choose from {', '.join(FAULTS)}")
     if args.host_process is not None:
         asyncio.run(_host_process(HostSettings(**json.loads(args.host_process))))
         return 0
