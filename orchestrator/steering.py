@@ -146,6 +146,9 @@ def change_vm_policy(
     if not set_names and not unset_names:
         raise PolicyError("nothing to change: give at least one field to set or unset")
     coerced = {name: _plain(coerce_value(name, value)) for name, value in set_names.items()}
+    # A size no guest runs in is most likely a missing suffix: say so before
+    # any relation to the stored fields (min above max...) hides it.
+    _check_guest_sizes(coerced, f"VM {ref.name}")
     before = store.policy(ref)
     host = host_policy(base or HostPolicy(), store.settings())
 
@@ -154,7 +157,6 @@ def change_vm_policy(
         for name in unset_names:
             merged.pop(name, None)
         new_vm = vm_from_dict(merged, where=f"VM {ref.name}")
-        _check_guest_sizes({n: getattr(new_vm, n) for n in coerced}, f"VM {ref.name}")
         validate_policy(Policy(host=host, vms={ref.uuid: new_vm}), context)
         return vm_to_dict(new_vm)
 

@@ -30,7 +30,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,13 @@ from typing import Any
 from orchestrator.errors import TransientError
 from orchestrator.hypervisor import DomainMemory, HostMemory
 from orchestrator.hypervisor.simulated import SimulatedHypervisor, lay_out_domain
-from orchestrator.sim.wire.hostlink import decode, encode, memory_message, parse_memory
+from orchestrator.sim.wire.hostlink import (
+    SingleFlightHypervisor,
+    decode,
+    encode,
+    memory_message,
+    parse_memory,
+)
 from orchestrator.xenstore.client import ClientSettings, PyxsClient
 from orchestrator.xenstore.errors import XenstoreError
 from orchestrator.xenstore.runner import ServerProcess
@@ -212,7 +218,7 @@ class HypervisorService:
             writer.close()
 
 
-class RemoteHypervisor:
+class RemoteHypervisor(SingleFlightHypervisor):
     """The controller's hypervisor, asked over a :class:`HypervisorService` socket.
 
     Both figures of one cycle come from one request; a broken link raises
@@ -224,9 +230,9 @@ class RemoteHypervisor:
         self._timeout_s = timeout_s
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._lock = asyncio.Lock()
-        self._pending: asyncio.Future[tuple[HostMemory, dict[int, DomainMemory]]] | None = None
+        super().__init__()
 
-    async def _request(self) -> tuple[HostMemory, dict[int, DomainMemory]]:
+    async def _fetch(self) -> tuple[HostMemory, dict[int, DomainMemory]]:
         async with self._lock:
             try:
                 if self._streams is None:
@@ -247,26 +253,6 @@ class RemoteHypervisor:
         if self._streams is not None:
             self._streams[1].close()
             self._streams = None
-
-    async def _memory(self) -> tuple[HostMemory, dict[int, DomainMemory]]:
-        pending = self._pending
-        if pending is None:
-            pending = asyncio.ensure_future(self._request())
-            self._pending = pending
-            pending.add_done_callback(self._clear)
-        return await asyncio.shield(pending)
-
-    def _clear(self, future: asyncio.Future[Any]) -> None:
-        if self._pending is future:
-            self._pending = None
-        if not future.cancelled():
-            future.exception()  # retrieved: a failure is raised to every waiter
-
-    async def host_memory(self) -> HostMemory:
-        return (await self._memory())[0]
-
-    async def domains(self) -> Mapping[int, DomainMemory]:
-        return (await self._memory())[1]
 
 
 # ------------------------------------------------------------------------ guests

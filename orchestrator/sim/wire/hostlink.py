@@ -20,6 +20,7 @@ gets one reply, ``{"ok": true, ...}`` or ``{"ok": false, "error": TEXT}``:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -245,17 +246,20 @@ class HostProcess:
             self._log = None
 
 
-class RemoteHypervisor:
-    """The controller's :class:`~orchestrator.hypervisor.Hypervisor` of the host process.
+class SingleFlightHypervisor(abc.ABC):
+    """A :class:`~orchestrator.hypervisor.Hypervisor` answered by one request.
 
     The controller asks for host totals and domains at once each cycle; both
-    answers come from one ``memory`` request, so they describe one moment.
+    answers come from one :meth:`_fetch` shared by every concurrent caller,
+    so they describe one moment. Subclasses say how to fetch.
     """
 
-    def __init__(self, host: HostProcess) -> None:
-        self._host = host
+    def __init__(self) -> None:
         self._pending: asyncio.Future[tuple[HostMemory, dict[int, DomainMemory]]] | None = None
-        self.queries = 0
+
+    @abc.abstractmethod
+    async def _fetch(self) -> tuple[HostMemory, dict[int, DomainMemory]]:
+        """Both figures of one moment, from wherever the subclass asks."""
 
     async def _memory(self) -> tuple[HostMemory, dict[int, DomainMemory]]:
         pending = self._pending
@@ -271,12 +275,21 @@ class RemoteHypervisor:
         if not future.cancelled():
             future.exception()  # retrieved: a failure is raised to every waiter
 
-    async def _fetch(self) -> tuple[HostMemory, dict[int, DomainMemory]]:
-        self.queries += 1
-        return parse_memory(await self._host.request({"op": "memory"}))
-
     async def host_memory(self) -> HostMemory:
         return (await self._memory())[0]
 
     async def domains(self) -> Mapping[int, DomainMemory]:
         return (await self._memory())[1]
+
+
+class RemoteHypervisor(SingleFlightHypervisor):
+    """The controller's hypervisor of the host process, over its control link."""
+
+    def __init__(self, host: HostProcess) -> None:
+        super().__init__()
+        self._host = host
+        self.queries = 0
+
+    async def _fetch(self) -> tuple[HostMemory, dict[int, DomainMemory]]:
+        self.queries += 1
+        return parse_memory(await self._host.request({"op": "memory"}))
